@@ -1,0 +1,30 @@
+# Quick start: `make demo` (set-up, then the main job end to end), `make test` (set-up, then every test).
+SHELL := /bin/bash
+VENV := .venv
+export ORT_DYLIB_PATH ?= $(CURDIR)/$(VENV)/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup db build release test demo clean-db lint
+
+setup:
+	@scripts/setup.sh
+
+db: setup
+	@scripts/pg.sh start >/dev/null
+
+build: setup
+	cargo build --release
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+test: setup db
+	DATABASE_URL=$${DATABASE_URL:-$$(scripts/pg.sh url)} cargo test --release -- --test-threads=2
+
+demo: setup db build
+	scripts/demo.sh
+
+clean-db:
+	scripts/pg.sh stop
+	rm -rf var/pg

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# A private PostgreSQL cluster for this project: its own data directory and port, loopback only.
+#   scripts/pg.sh start   initdb if needed, start, create role and database; prints DATABASE_URL
+#   scripts/pg.sh stop | status | url
+# Honours PGDIR (default var/pg), PGPORT (default 55432). Installs PostgreSQL when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PGDIR=${PGDIR:-$PWD/var/pg}
+PGPORT=${PGPORT:-55432}
+URL="postgres://cxr:cxr@127.0.0.1:$PGPORT/cxr"
+
+pgbin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [[ -x $d/initdb ]] && { echo "$d"; return; }
+  done
+  return 1
+}
+
+ensure_installed() {
+  if ! pgbin >/dev/null; then
+    echo "installing PostgreSQL..." >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    # the packaged cluster is not ours: keep it from running
+    systemctl disable --now postgresql >/dev/null 2>&1 || service postgresql stop >/dev/null 2>&1 || true
+  fi
+}
+
+as_pg() {
+  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+cmd=${1:-start}
+case $cmd in
+  start)
+    ensure_installed
+    BIN=$(pgbin)
+    mkdir -p "$PGDIR"
+    [[ $(id -u) == 0 ]] && chown postgres "$PGDIR" && chmod 700 "$PGDIR"
+    if [[ ! -f $PGDIR/PG_VERSION ]]; then
+      as_pg "$BIN/initdb" -D "$PGDIR" -U postgres -A trust >/dev/null
+      cat >> "$PGDIR/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$PGDIR'
+fsync = on
+max_connections = 200
+CONF
+    fi
+    if ! as_pg "$BIN/pg_ctl" -D "$PGDIR" status >/dev/null 2>&1; then
+      as_pg "$BIN/pg_ctl" -D "$PGDIR" -l "$PGDIR/server.log" -w start >/dev/null
+    fi
+    psql_() { as_pg psql -h 127.0.0.1 -p "$PGPORT" -U postgres -qAt "$@"; }
+    if [[ -z $(psql_ -c "select 1 from pg_roles where rolname='cxr'") ]]; then
+      psql_ -c "create role cxr login password 'cxr' createdb createrole"
+    fi
+    if [[ -z $(psql_ -c "select 1 from pg_database where datname='cxr'") ]]; then
+      psql_ -c "create database cxr owner cxr"
+    fi
+    echo "$URL"
+    ;;
+  stop)
+    BIN=$(pgbin)
+    as_pg "$BIN/pg_ctl" -D "$PGDIR" -m fast stop >/dev/null 2>&1 || true
+    ;;
+  status)
+    BIN=$(pgbin)
+    as_pg "$BIN/pg_ctl" -D "$PGDIR" status
+    ;;
+  url)
+    echo "$URL"
+    ;;
+  *)
+    echo "usage: $0 start|stop|status|url" >&2; exit 2;;
+esac

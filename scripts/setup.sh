@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a Debian/Ubuntu machine, skipping what is already present:
+# DCMTK and dicom3tools (peers and validators), cmake (JPEG-LS codec build), PostgreSQL,
+# the Rust toolchain check, and the Python environment in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v storescu >/dev/null || need+=(dcmtk)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
+command -v cmake >/dev/null || need+=(cmake)
+command -v c++ >/dev/null || need+=(g++)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null || need+=(postgresql-client)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if ((${#need[@]})); then
+  echo "setup: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # a packaged PostgreSQL service is not ours: the project runs its own cluster (scripts/pg.sh)
+  if [[ " ${need[*]} " == *" postgresql "* ]]; then
+    systemctl disable --now postgresql >/dev/null 2>&1 || service postgresql stop >/dev/null 2>&1 || true
+  fi
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+scripts/setup-python.sh

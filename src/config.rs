@@ -1,0 +1,671 @@
+//! Typed configuration: a TOML file, overridden key by key by `CXR_WORKER__SECTION__KEY`
+//! environment variables, validated into domain types before anything starts.
+//!
+//! Every validation failure names the key (`dicom.ae_title`), so an operator knows what to fix.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::scp::sop_classes;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "CXR_WORKER__";
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid TOML: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("configuration: {message}")]
+    Shape { message: String },
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dicom: DicomConfig,
+    pub database: DatabaseConfig,
+    pub spool: SpoolConfig,
+    pub models: ModelsConfig,
+    pub log: LogConfig,
+}
+
+/// A DICOM Application Entity title: 1 to 16 characters of the default repertoire, no backslash,
+/// not all spaces. Stored without padding.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AeTitle(String);
+
+impl AeTitle {
+    /// Parse an AE title; leading and trailing spaces are not significant (PS3.5 6.2).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let trimmed = raw.trim_matches(' ');
+        if trimmed.is_empty() {
+            return Err("an AE title must have 1 to 16 non-space characters".into());
+        }
+        if trimmed.len() > 16 {
+            return Err(format!(
+                "AE title {trimmed:?} is {} characters long; the maximum is 16",
+                trimmed.len()
+            ));
+        }
+        if let Some(c) = trimmed
+            .chars()
+            .find(|c| !c.is_ascii() || c.is_ascii_control() || *c == '\\')
+        {
+            return Err(format!(
+                "AE title {trimmed:?} contains {c:?}, which is not allowed"
+            ));
+        }
+        Ok(Self(trimmed.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for AeTitle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One entry of the calling-AE allow-list: an AE title, optionally bound to a peer address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedPeer {
+    pub ae_title: AeTitle,
+    /// When set, the association must come from this address.
+    pub host: Option<IpAddr>,
+}
+
+impl AllowedPeer {
+    /// `"AE"` or `"AE@address"`.
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw.rsplit_once('@') {
+            Some((ae, host)) => Ok(Self {
+                ae_title: AeTitle::parse(ae)?,
+                host: Some(
+                    host.parse()
+                        .map_err(|_| format!("{host:?} in {raw:?} is not an IP address"))?,
+                ),
+            }),
+            None => Ok(Self {
+                ae_title: AeTitle::parse(raw)?,
+                host: None,
+            }),
+        }
+    }
+
+    /// Whether this entry admits `calling` connecting from `peer`.
+    pub fn admits(&self, calling: &str, peer: IpAddr) -> bool {
+        self.ae_title.as_str() == calling.trim_matches(' ')
+            && self.host.is_none_or(|h| h == canonical_ip(peer))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DicomConfig {
+    pub ae_title: AeTitle,
+    pub listen: SocketAddr,
+    /// Empty: any calling AE title is accepted.
+    pub allowed_calling_ae_titles: Vec<AllowedPeer>,
+    pub max_associations: usize,
+    pub max_pdu_length: u32,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Largest data set accepted in one C-STORE, in bytes.
+    pub max_dataset_bytes: usize,
+    /// SOP classes accepted for C-STORE.
+    pub accepted_sop_classes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+}
+
+/// An ONNX Runtime execution provider, in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Tensorrt,
+    Cuda,
+    Cpu,
+}
+
+impl ExecutionProvider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tensorrt => "tensorrt",
+            Self::Cuda => "cuda",
+            Self::Cpu => "cpu",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelsConfig {
+    /// Path of `libonnxruntime.so*`; `ORT_DYLIB_PATH` is used when unset.
+    pub onnxruntime_library: Option<PathBuf>,
+    pub segmenter: PathBuf,
+    pub classifier: PathBuf,
+    pub execution_providers: Vec<ExecutionProvider>,
+    /// Images per inference run.
+    pub batch_size: usize,
+    /// Intra-op threads for the CPU provider; 0 lets ONNX Runtime choose.
+    pub intra_threads: usize,
+    pub tensorrt_fp16: bool,
+    pub tensorrt_cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `cxr_worker=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+// ---- raw, as written in the file -------------------------------------------------------------
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    dicom: RawDicom,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    spool: RawSpool,
+    #[serde(default)]
+    models: RawModels,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDicom {
+    ae_title: Option<String>,
+    listen: Option<String>,
+    #[serde(default)]
+    allowed_calling_ae_titles: Vec<String>,
+    max_associations: Option<i64>,
+    max_pdu_length: Option<i64>,
+    read_timeout_secs: Option<f64>,
+    write_timeout_secs: Option<f64>,
+    max_dataset_mb: Option<f64>,
+    accepted_sop_classes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
+    max_connections: Option<i64>,
+    acquire_timeout_secs: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawModels {
+    onnxruntime_library: Option<PathBuf>,
+    segmenter: Option<PathBuf>,
+    classifier: Option<PathBuf>,
+    execution_providers: Option<Vec<String>>,
+    batch_size: Option<i64>,
+    intra_threads: Option<i64>,
+    tensorrt_fp16: Option<bool>,
+    tensorrt_cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+impl Config {
+    /// Read `path`, apply the environment overrides from `std::env::vars()`, validate.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path, std::env::vars())
+    }
+
+    /// Parse TOML text (named `origin` in errors), apply `env` overrides, validate.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|source| ConfigError::ParseFile {
+                path: origin.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        apply_env_overrides(&mut table, env)?;
+        let raw: RawConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Shape {
+                message: e.message().to_string(),
+            })?;
+        raw.validate(origin.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+/// Apply `CXR_WORKER__SECTION__KEY=value` overrides. A value is read as a TOML value (`32`,
+/// `true`, `["A", "B"]`) unless the key already holds a string, or it is not valid TOML.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut overrides: BTreeMap<String, String> = BTreeMap::new();
+    for (var, value) in env {
+        if var.starts_with(ENV_PREFIX) {
+            overrides.insert(var, value);
+        }
+    }
+    for (var, raw) in overrides {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let [section, key] = path.as_slice() else {
+            return Err(ConfigError::Env {
+                var,
+                message: "expected CXR_WORKER__SECTION__KEY".into(),
+            });
+        };
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = entry else {
+            return Err(ConfigError::Env {
+                var,
+                message: format!("`{section}` is not a section"),
+            });
+        };
+        let existing_is_string = matches!(section_table.get(key), Some(toml::Value::String(_)));
+        let value = if existing_is_string {
+            toml::Value::String(raw)
+        } else {
+            parse_toml_value(&raw).unwrap_or(toml::Value::String(raw))
+        };
+        section_table.insert(key.clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_toml_value(raw: &str) -> Option<toml::Value> {
+    let mut t: toml::Table = toml::from_str(&format!("v = {raw}")).ok()?;
+    t.remove("v")
+}
+
+fn resolve(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+fn positive(key: &str, v: i64, max: i64) -> Result<i64, ConfigError> {
+    if v < 1 || v > max {
+        return Err(invalid(key, format!("{v} is out of range 1..={max}")));
+    }
+    Ok(v)
+}
+
+fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
+    if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+        return Err(invalid(
+            key,
+            format!("{v} is not a number of seconds in (0, 86400]"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl RawConfig {
+    /// Relative paths are taken from the directory of the configuration file.
+    fn validate(self, base: &Path) -> Result<Config, ConfigError> {
+        Ok(Config {
+            dicom: self.dicom.validate()?,
+            database: self.database.validate()?,
+            spool: SpoolConfig {
+                dir: resolve(
+                    base,
+                    self.spool
+                        .dir
+                        .ok_or_else(|| invalid("spool.dir", "missing"))?,
+                ),
+            },
+            models: self.models.validate(base)?,
+            log: self.log.validate()?,
+        })
+    }
+}
+
+impl RawDicom {
+    fn validate(self) -> Result<DicomConfig, ConfigError> {
+        let ae_title = AeTitle::parse(self.ae_title.as_deref().unwrap_or("CXR_WORKER"))
+            .map_err(|m| invalid("dicom.ae_title", m))?;
+        let listen_raw = self.listen.unwrap_or_else(|| "0.0.0.0:11112".into());
+        let listen: SocketAddr = listen_raw.parse().map_err(|_| {
+            invalid(
+                "dicom.listen",
+                format!("{listen_raw:?} is not \"host:port\" with an IP address"),
+            )
+        })?;
+        let allowed_calling_ae_titles = self
+            .allowed_calling_ae_titles
+            .iter()
+            .map(|s| AllowedPeer::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid("dicom.allowed_calling_ae_titles", m))?;
+        let max_associations =
+            positive("dicom.max_associations", self.max_associations.unwrap_or(32), 4096)? as usize;
+        let max_pdu_length = self.max_pdu_length.unwrap_or(131_072);
+        if !(4096..=1_048_576).contains(&max_pdu_length) {
+            return Err(invalid(
+                "dicom.max_pdu_length",
+                format!("{max_pdu_length} is out of range 4096..=1048576"),
+            ));
+        }
+        let max_dataset_mb = self.max_dataset_mb.unwrap_or(512.0);
+        if !(max_dataset_mb.is_finite() && max_dataset_mb > 0.0 && max_dataset_mb <= 4096.0) {
+            return Err(invalid(
+                "dicom.max_dataset_mb",
+                format!("{max_dataset_mb} is out of range (0, 4096]"),
+            ));
+        }
+        let accepted_sop_classes = match self.accepted_sop_classes {
+            None => sop_classes::STORAGE
+                .iter()
+                .map(|c| c.uid.to_string())
+                .collect(),
+            Some(list) => {
+                for uid in &list {
+                    if sop_classes::storage_class(uid).is_none() {
+                        return Err(invalid(
+                            "dicom.accepted_sop_classes",
+                            format!(
+                                "{uid} is not a storage SOP class this worker supports ({})",
+                                sop_classes::STORAGE
+                                    .iter()
+                                    .map(|c| c.uid)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ));
+                    }
+                }
+                if list.is_empty() {
+                    return Err(invalid("dicom.accepted_sop_classes", "must not be empty"));
+                }
+                list
+            }
+        };
+        Ok(DicomConfig {
+            ae_title,
+            listen,
+            allowed_calling_ae_titles,
+            max_associations,
+            max_pdu_length: max_pdu_length as u32,
+            read_timeout: seconds("dicom.read_timeout_secs", self.read_timeout_secs.unwrap_or(60.0))?,
+            write_timeout: seconds(
+                "dicom.write_timeout_secs",
+                self.write_timeout_secs.unwrap_or(60.0),
+            )?,
+            max_dataset_bytes: (max_dataset_mb * 1024.0 * 1024.0) as usize,
+            accepted_sop_classes,
+        })
+    }
+}
+
+impl RawDatabase {
+    fn validate(self) -> Result<DatabaseConfig, ConfigError> {
+        let url = self
+            .url
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| invalid("database.url", "missing"))?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "database.url",
+                "must be a postgres:// or postgresql:// URL",
+            ));
+        }
+        Ok(DatabaseConfig {
+            url,
+            max_connections: positive(
+                "database.max_connections",
+                self.max_connections.unwrap_or(16),
+                1000,
+            )? as u32,
+            acquire_timeout: seconds(
+                "database.acquire_timeout_secs",
+                self.acquire_timeout_secs.unwrap_or(5.0),
+            )?,
+        })
+    }
+}
+
+impl RawModels {
+    fn validate(self, base: &Path) -> Result<ModelsConfig, ConfigError> {
+        let execution_providers = match self.execution_providers {
+            None => vec![
+                ExecutionProvider::Tensorrt,
+                ExecutionProvider::Cuda,
+                ExecutionProvider::Cpu,
+            ],
+            Some(list) => {
+                let mut out = Vec::new();
+                for name in list {
+                    let ep = match name.to_ascii_lowercase().as_str() {
+                        "tensorrt" => ExecutionProvider::Tensorrt,
+                        "cuda" => ExecutionProvider::Cuda,
+                        "cpu" => ExecutionProvider::Cpu,
+                        other => {
+                            return Err(invalid(
+                                "models.execution_providers",
+                                format!(
+                                    "unknown provider {other:?}; expected tensorrt, cuda or cpu"
+                                ),
+                            ));
+                        }
+                    };
+                    if !out.contains(&ep) {
+                        out.push(ep);
+                    }
+                }
+                if out.is_empty() {
+                    return Err(invalid("models.execution_providers", "must not be empty"));
+                }
+                out
+            }
+        };
+        Ok(ModelsConfig {
+            onnxruntime_library: self.onnxruntime_library.map(|p| resolve(base, p)),
+            segmenter: resolve(
+                base,
+                self.segmenter
+                    .unwrap_or_else(|| PathBuf::from("../onnx/anatomy-segmenter.onnx")),
+            ),
+            classifier: resolve(
+                base,
+                self.classifier
+                    .unwrap_or_else(|| PathBuf::from("../onnx/anatomy-xnet.onnx")),
+            ),
+            execution_providers,
+            batch_size: positive("models.batch_size", self.batch_size.unwrap_or(8), 256)? as usize,
+            intra_threads: match self.intra_threads.unwrap_or(0) {
+                v @ 0..=256 => v as usize,
+                v => return Err(invalid("models.intra_threads", format!("{v} is out of range 0..=256"))),
+            },
+            tensorrt_fp16: self.tensorrt_fp16.unwrap_or(true),
+            tensorrt_cache_dir: self.tensorrt_cache_dir.map(|p| resolve(base, p)),
+        })
+    }
+}
+
+impl RawLog {
+    fn validate(self) -> Result<LogConfig, ConfigError> {
+        let level = self.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("{level:?} is not a valid filter"),
+            ));
+        }
+        let format = match self.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?}: expected \"text\" or \"json\""),
+                ));
+            }
+        };
+        Ok(LogConfig { level, format })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [database]
+        url = "postgres://u@127.0.0.1/db"
+        [spool]
+        dir = "/tmp/spool"
+    "#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_str(
+            text,
+            Path::new("/etc/cxr-worker/cxr-worker.toml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.dicom.ae_title.as_str(), "CXR_WORKER");
+        assert_eq!(c.dicom.listen.port(), 11112);
+        assert_eq!(c.dicom.accepted_sop_classes.len(), 3);
+        assert_eq!(
+            c.models.classifier,
+            PathBuf::from("/etc/cxr-worker/../onnx/anatomy-xnet.onnx")
+        );
+    }
+
+    #[test]
+    fn env_overrides_every_kind_of_value() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("CXR_WORKER__DICOM__AE_TITLE", "OTHER"),
+                ("CXR_WORKER__DICOM__MAX_ASSOCIATIONS", "4"),
+                ("CXR_WORKER__DICOM__ALLOWED_CALLING_AE_TITLES", r#"["A", "B@127.0.0.1"]"#),
+                ("CXR_WORKER__DATABASE__URL", "postgres://x@localhost:5/y"),
+                ("CXR_WORKER__SPOOL__DIR", "relative/spool"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.dicom.ae_title.as_str(), "OTHER");
+        assert_eq!(c.dicom.max_associations, 4);
+        assert_eq!(c.dicom.allowed_calling_ae_titles.len(), 2);
+        assert_eq!(
+            c.dicom.allowed_calling_ae_titles[1].host,
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(c.database.url, "postgres://x@localhost:5/y");
+        assert_eq!(c.spool.dir, PathBuf::from("/etc/cxr-worker/relative/spool"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("CXR_WORKER__DICOM__AE_TITLE", "THIS_TITLE_IS_TOO_LONG", "dicom.ae_title"),
+            ("CXR_WORKER__DICOM__LISTEN", "localhost", "dicom.listen"),
+            ("CXR_WORKER__DICOM__MAX_ASSOCIATIONS", "0", "dicom.max_associations"),
+            ("CXR_WORKER__DATABASE__URL", "mysql://x", "database.url"),
+            ("CXR_WORKER__MODELS__EXECUTION_PROVIDERS", r#"["rocm"]"#, "models.execution_providers"),
+            ("CXR_WORKER__LOG__FORMAT", "xml", "log.format"),
+            ("CXR_WORKER__DICOM__ACCEPTED_SOP_CLASSES", r#"["1.2.3"]"#, "dicom.accepted_sop_classes"),
+        ];
+        for (var, value, key) in cases {
+            let err = load(MINIMAL, &[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = load(&format!("{MINIMAL}\n[dicom]\naetitle = \"X\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("aetitle"), "{err}");
+    }
+
+    #[test]
+    fn allowed_peer_checks_host() {
+        let p = AllowedPeer::parse("MODALITY@127.0.0.1").unwrap();
+        assert!(p.admits("MODALITY  ", "127.0.0.1".parse().unwrap()));
+        assert!(p.admits("MODALITY", "::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!p.admits("MODALITY", "127.0.0.2".parse().unwrap()));
+        assert!(!p.admits("OTHER", "127.0.0.1".parse().unwrap()));
+    }
+}
