@@ -297,11 +297,12 @@ impl Config {
                 source: Box::new(source),
             })?;
         apply_env_overrides(&mut table, env)?;
-        let raw: RawConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Shape {
-                message: e.message().to_string(),
-            })?;
+        let raw: RawConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Shape {
+                    message: e.message().to_string(),
+                })?;
         raw.validate(origin.parent().unwrap_or(Path::new(".")))
     }
 }
@@ -412,8 +413,11 @@ impl RawDicom {
             .map(|s| AllowedPeer::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| invalid("dicom.allowed_calling_ae_titles", m))?;
-        let max_associations =
-            positive("dicom.max_associations", self.max_associations.unwrap_or(32), 4096)? as usize;
+        let max_associations = positive(
+            "dicom.max_associations",
+            self.max_associations.unwrap_or(32),
+            4096,
+        )? as usize;
         let max_pdu_length = self.max_pdu_length.unwrap_or(131_072);
         if !(4096..=1_048_576).contains(&max_pdu_length) {
             return Err(invalid(
@@ -461,7 +465,10 @@ impl RawDicom {
             allowed_calling_ae_titles,
             max_associations,
             max_pdu_length: max_pdu_length as u32,
-            read_timeout: seconds("dicom.read_timeout_secs", self.read_timeout_secs.unwrap_or(60.0))?,
+            read_timeout: seconds(
+                "dicom.read_timeout_secs",
+                self.read_timeout_secs.unwrap_or(60.0),
+            )?,
             write_timeout: seconds(
                 "dicom.write_timeout_secs",
                 self.write_timeout_secs.unwrap_or(60.0),
@@ -549,7 +556,12 @@ impl RawModels {
             batch_size: positive("models.batch_size", self.batch_size.unwrap_or(8), 256)? as usize,
             intra_threads: match self.intra_threads.unwrap_or(0) {
                 v @ 0..=256 => v as usize,
-                v => return Err(invalid("models.intra_threads", format!("{v} is out of range 0..=256"))),
+                v => {
+                    return Err(invalid(
+                        "models.intra_threads",
+                        format!("{v} is out of range 0..=256"),
+                    ));
+                }
             },
             tensorrt_fp16: self.tensorrt_fp16.unwrap_or(true),
             tensorrt_cache_dir: self.tensorrt_cache_dir.map(|p| resolve(base, p)),
@@ -618,7 +630,10 @@ mod tests {
             &[
                 ("CXR_WORKER__DICOM__AE_TITLE", "OTHER"),
                 ("CXR_WORKER__DICOM__MAX_ASSOCIATIONS", "4"),
-                ("CXR_WORKER__DICOM__ALLOWED_CALLING_AE_TITLES", r#"["A", "B@127.0.0.1"]"#),
+                (
+                    "CXR_WORKER__DICOM__ALLOWED_CALLING_AE_TITLES",
+                    r#"["A", "B@127.0.0.1"]"#,
+                ),
                 ("CXR_WORKER__DATABASE__URL", "postgres://x@localhost:5/y"),
                 ("CXR_WORKER__SPOOL__DIR", "relative/spool"),
             ],
@@ -638,13 +653,29 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases: &[(&str, &str, &str)] = &[
-            ("CXR_WORKER__DICOM__AE_TITLE", "THIS_TITLE_IS_TOO_LONG", "dicom.ae_title"),
+            (
+                "CXR_WORKER__DICOM__AE_TITLE",
+                "THIS_TITLE_IS_TOO_LONG",
+                "dicom.ae_title",
+            ),
             ("CXR_WORKER__DICOM__LISTEN", "localhost", "dicom.listen"),
-            ("CXR_WORKER__DICOM__MAX_ASSOCIATIONS", "0", "dicom.max_associations"),
+            (
+                "CXR_WORKER__DICOM__MAX_ASSOCIATIONS",
+                "0",
+                "dicom.max_associations",
+            ),
             ("CXR_WORKER__DATABASE__URL", "mysql://x", "database.url"),
-            ("CXR_WORKER__MODELS__EXECUTION_PROVIDERS", r#"["rocm"]"#, "models.execution_providers"),
+            (
+                "CXR_WORKER__MODELS__EXECUTION_PROVIDERS",
+                r#"["rocm"]"#,
+                "models.execution_providers",
+            ),
             ("CXR_WORKER__LOG__FORMAT", "xml", "log.format"),
-            ("CXR_WORKER__DICOM__ACCEPTED_SOP_CLASSES", r#"["1.2.3"]"#, "dicom.accepted_sop_classes"),
+            (
+                "CXR_WORKER__DICOM__ACCEPTED_SOP_CLASSES",
+                r#"["1.2.3"]"#,
+                "dicom.accepted_sop_classes",
+            ),
         ];
         for (var, value, key) in cases {
             let err = load(MINIMAL, &[(var, value)]).unwrap_err().to_string();

@@ -4,8 +4,17 @@
 //! receive ([`scp`]) → spool ([`spool`]) → queue ([`db`]) → decode → infer → store → report → send.
 //!
 //! - [`config`]: typed configuration, validated at start-up with errors that name the key.
+//! - [`scp`]: the C-STORE SCP (associations, DIMSE, accepted SOP classes and transfer syntaxes).
+//! - [`spool`]: durable file storage behind the [`spool::Storage`] interface.
+//! - [`db`]: PostgreSQL pool, migrations, queries.
+//! - [`ingest`]: wires receive → spool → database; Success only once both are durable.
+//! - [`daemon`]: start-up order, signals, drain.
 //! - [`telemetry`]: tracing set-up (text or JSON); no patient data is ever logged.
 
 pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod ingest;
 pub mod scp;
+pub mod spool;
 pub mod telemetry;

@@ -1,3 +1,187 @@
-//! Receive: the DICOM C-STORE SCP. Listener → association → DIMSE messages → spool + database.
+//! Receive: the DICOM C-STORE SCP. Listener → association → DIMSE messages → a [`StoreHandler`]
+//! (spool + database, wired in `ingest`). The listener and the shutdown signal come from outside,
+//! so tests bind port 0 and pass their own trigger.
 
+pub mod association;
+pub mod dimse;
+pub mod header;
 pub mod sop_classes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJSource, Pdu,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AeTitle, AllowedPeer, DicomConfig};
+use dimse::Command;
+
+/// What the association layer needs to know; built from `[dicom]`.
+#[derive(Debug, Clone)]
+pub struct ScpSettings {
+    pub ae_title: AeTitle,
+    pub allowed: Vec<AllowedPeer>,
+    pub max_associations: usize,
+    pub max_pdu_length: u32,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_dataset_bytes: usize,
+    pub accepted_sop_classes: Vec<String>,
+}
+
+impl From<&DicomConfig> for ScpSettings {
+    fn from(c: &DicomConfig) -> Self {
+        Self {
+            ae_title: c.ae_title.clone(),
+            allowed: c.allowed_calling_ae_titles.clone(),
+            max_associations: c.max_associations,
+            max_pdu_length: c.max_pdu_length,
+            read_timeout: c.read_timeout,
+            write_timeout: c.write_timeout,
+            max_dataset_bytes: c.max_dataset_bytes,
+            accepted_sop_classes: c.accepted_sop_classes.clone(),
+        }
+    }
+}
+
+/// One received C-STORE: the command, the data set bytes exactly as received, and who sent it.
+#[derive(Debug)]
+pub struct StoreRequest {
+    pub command: Command,
+    pub transfer_syntax: String,
+    pub dataset: Vec<u8>,
+    pub calling_ae_title: String,
+    pub called_ae_title: String,
+    pub peer: SocketAddr,
+}
+
+/// The answer to a C-STORE: a DIMSE status and an optional Error Comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOutcome {
+    pub status: u16,
+    pub comment: Option<String>,
+}
+
+impl StoreOutcome {
+    pub fn success() -> Self {
+        Self {
+            status: dimse::status::SUCCESS,
+            comment: None,
+        }
+    }
+
+    pub fn failure(status: u16, comment: impl Into<String>) -> Self {
+        Self {
+            status,
+            comment: Some(comment.into()),
+        }
+    }
+}
+
+/// Makes a received instance durable. Success may be returned only once it is.
+pub trait StoreHandler: Send + Sync + 'static {
+    fn store(&self, request: StoreRequest) -> impl Future<Output = StoreOutcome> + Send;
+}
+
+/// Counters of the receiver, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct ScpStats {
+    pub associations_total: AtomicU64,
+    pub associations_open: AtomicU64,
+    pub associations_rejected: AtomicU64,
+}
+
+/// Accept associations on `listener` until `shutdown` is cancelled, then wait for the
+/// associations in flight: each finishes the C-STORE it is receiving, then is closed.
+pub async fn run<H: StoreHandler>(
+    listener: TcpListener,
+    settings: Arc<ScpSettings>,
+    handler: Arc<H>,
+    stats: Arc<ScpStats>,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(settings.max_associations));
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        stats.associations_total.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            stats.associations_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, max = settings.max_associations, "association limit reached: rejecting");
+            tracker.spawn(reject_busy(socket, settings.read_timeout));
+            continue;
+        };
+        let settings = settings.clone();
+        let handler = handler.clone();
+        let stats = stats.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            stats.associations_open.fetch_add(1, Ordering::Relaxed);
+            association::serve(socket, peer, &settings, &*handler, &shutdown).await;
+            stats.associations_open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Answer an association request over the limit with a transient rejection
+/// (service provider, local limit exceeded), so the sender retries later.
+async fn reject_busy(mut socket: TcpStream, read_timeout: Duration) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let read_request = async {
+        loop {
+            match dicom_ul::pdu::read_pdu(&mut std::io::Cursor::new(&buf[..]), 65_536, false) {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => {}
+            }
+            if buf.len() > 1 << 20 || matches!(socket.read_buf(&mut buf).await, Ok(0) | Err(_)) {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(read_timeout, read_request)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let rj = Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+    });
+    let mut out = Vec::new();
+    if dicom_ul::pdu::write_pdu(&mut out, &rj).is_ok() {
+        let _ = socket.write_all(&out).await;
+        let _ = socket.shutdown().await;
+    }
+}

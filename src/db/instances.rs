@@ -1,0 +1,104 @@
+//! Studies, series and instances: recording what was received, exactly once per SOP Instance UID.
+
+use sqlx::{Postgres, Transaction};
+
+use crate::scp::header::InstanceHeader;
+
+/// Where and how an instance arrived.
+#[derive(Debug, Clone)]
+pub struct Arrival<'a> {
+    pub transfer_syntax_uid: &'a str,
+    pub calling_ae_title: &'a str,
+    pub called_ae_title: &'a str,
+    pub peer_address: String,
+    pub spool_key: &'a str,
+    pub size_bytes: i64,
+}
+
+/// Whether the instance was new or a repeat of one already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    Duplicate,
+}
+
+/// Insert the study and series if new, then the instance; a SOP Instance UID already present is
+/// counted as a duplicate and its first copy kept. Runs inside the caller's transaction, which
+/// the caller commits only after the spool has published the file.
+pub async fn record(
+    tx: &mut Transaction<'_, Postgres>,
+    h: &InstanceHeader,
+    a: &Arrival<'_>,
+) -> Result<Recorded, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO studies (study_instance_uid, patient_id, patient_name, issuer_of_patient_id,
+             patient_birth_date, patient_sex, accession_number, study_id, study_date, study_time,
+             study_description, referring_physician_name, specific_character_set)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (study_instance_uid) DO NOTHING",
+    )
+    .bind(&h.study_instance_uid)
+    .bind(&h.patient_id)
+    .bind(&h.patient_name)
+    .bind(&h.issuer_of_patient_id)
+    .bind(&h.patient_birth_date)
+    .bind(&h.patient_sex)
+    .bind(&h.accession_number)
+    .bind(&h.study_id)
+    .bind(h.study_date)
+    .bind(&h.study_time)
+    .bind(&h.study_description)
+    .bind(&h.referring_physician_name)
+    .bind(&h.specific_character_set)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO series (series_instance_uid, study_instance_uid, modality, body_part_examined,
+             series_number, series_description)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (series_instance_uid) DO NOTHING",
+    )
+    .bind(&h.series_instance_uid)
+    .bind(&h.study_instance_uid)
+    .bind(&h.modality)
+    .bind(&h.body_part_examined)
+    .bind(h.series_number)
+    .bind(&h.series_description)
+    .execute(&mut **tx)
+    .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid,
+             sop_class_uid, transfer_syntax_uid, instance_number, modality, body_part_examined,
+             view_position, calling_ae_title, called_ae_title, peer_address, spool_key, size_bytes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT (sop_instance_uid) DO NOTHING",
+    )
+    .bind(&h.sop_instance_uid)
+    .bind(&h.series_instance_uid)
+    .bind(&h.study_instance_uid)
+    .bind(&h.sop_class_uid)
+    .bind(a.transfer_syntax_uid)
+    .bind(h.instance_number)
+    .bind(&h.modality)
+    .bind(&h.body_part_examined)
+    .bind(&h.view_position)
+    .bind(a.calling_ae_title)
+    .bind(a.called_ae_title)
+    .bind(&a.peer_address)
+    .bind(a.spool_key)
+    .bind(a.size_bytes)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Recorded::New);
+    }
+    sqlx::query(
+        "UPDATE instances SET duplicate_count = duplicate_count + 1, last_duplicate_at = now()
+         WHERE sop_instance_uid = $1",
+    )
+    .bind(&h.sop_instance_uid)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Recorded::Duplicate)
+}

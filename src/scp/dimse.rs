@@ -1,0 +1,206 @@
+//! DIMSE messages: parsing the command sets the SCP receives and encoding its responses.
+//! Command sets are always Implicit VR Little Endian (PS3.7 6.3.1).
+
+use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+
+/// Command Field values (PS3.7 E.1).
+pub mod command_field {
+    pub const C_STORE_RQ: u16 = 0x0001;
+    pub const C_STORE_RSP: u16 = 0x8001;
+    pub const C_ECHO_RQ: u16 = 0x0030;
+    pub const C_ECHO_RSP: u16 = 0x8030;
+}
+
+/// The value of Command Data Set Type meaning "no data set follows".
+pub const NO_DATA_SET: u16 = 0x0101;
+
+/// DIMSE status codes used by this SCP (PS3.4 Annex B, PS3.7 Annex C).
+pub mod status {
+    pub const SUCCESS: u16 = 0x0000;
+    /// Refused: SOP Class not supported.
+    pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+    /// Unrecognized operation.
+    pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
+    /// Refused: Out of Resources (disk, database, or a data set larger than allowed).
+    pub const OUT_OF_RESOURCES: u16 = 0xA700;
+    /// Error: Data Set does not match SOP Class.
+    pub const DATA_SET_MISMATCH: u16 = 0xA900;
+    /// Error: Cannot understand.
+    pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+}
+
+/// A failure to read a command set.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("command set is not valid Implicit VR Little Endian: {0}")]
+    Parse(String),
+    #[error("command set lacks {0}")]
+    Missing(&'static str),
+}
+
+/// The fields of a request command set that the SCP acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub field: u16,
+    pub message_id: u16,
+    pub affected_sop_class_uid: Option<String>,
+    pub affected_sop_instance_uid: Option<String>,
+    /// Whether a data set follows this command.
+    pub has_data_set: bool,
+}
+
+fn trim_uid(s: &str) -> String {
+    s.trim_end_matches(['\0', ' ']).to_string()
+}
+
+impl Command {
+    /// Parse a complete command set.
+    pub fn parse(bytes: &[u8]) -> Result<Self, CommandError> {
+        let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
+        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &ts)
+            .map_err(|e| CommandError::Parse(e.to_string()))?;
+        let u16_of = |tag, name| -> Result<u16, CommandError> {
+            obj.element(tag)
+                .ok()
+                .and_then(|e| e.to_int::<u16>().ok())
+                .ok_or(CommandError::Missing(name))
+        };
+        let str_of = |tag| -> Option<String> {
+            obj.element(tag)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .map(|s| trim_uid(&s))
+        };
+        Ok(Self {
+            field: u16_of(tags::COMMAND_FIELD, "Command Field")?,
+            message_id: u16_of(tags::MESSAGE_ID, "Message ID")?,
+            affected_sop_class_uid: str_of(tags::AFFECTED_SOP_CLASS_UID),
+            affected_sop_instance_uid: str_of(tags::AFFECTED_SOP_INSTANCE_UID),
+            has_data_set: u16_of(tags::COMMAND_DATA_SET_TYPE, "Command Data Set Type")?
+                != NO_DATA_SET,
+        })
+    }
+}
+
+/// A response to send: status, and an optional Error Comment (never patient data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub field: u16,
+    pub message_id: u16,
+    pub status: u16,
+    pub affected_sop_class_uid: Option<String>,
+    pub affected_sop_instance_uid: Option<String>,
+    pub error_comment: Option<String>,
+}
+
+impl Response {
+    /// The response to `command` with `status`.
+    pub fn to(command: &Command, status: u16) -> Self {
+        Self {
+            field: command.field | 0x8000,
+            message_id: command.message_id,
+            status,
+            affected_sop_class_uid: command.affected_sop_class_uid.clone(),
+            affected_sop_instance_uid: command.affected_sop_instance_uid.clone(),
+            error_comment: None,
+        }
+    }
+
+    /// Attach an Error Comment (at most 64 characters, as the LO VR allows).
+    pub fn with_comment(mut self, comment: &str) -> Self {
+        self.error_comment = Some(comment.chars().take(64).collect());
+        self
+    }
+
+    /// Encode as an Implicit VR Little Endian command set with its group length.
+    pub fn encode(&self) -> Result<Vec<u8>, CommandError> {
+        let mut elements = vec![
+            DataElement::new(tags::COMMAND_FIELD, VR::US, dicom_value!(U16, [self.field])),
+            DataElement::new(
+                tags::MESSAGE_ID_BEING_RESPONDED_TO,
+                VR::US,
+                dicom_value!(U16, [self.message_id]),
+            ),
+            DataElement::new(
+                tags::COMMAND_DATA_SET_TYPE,
+                VR::US,
+                dicom_value!(U16, [NO_DATA_SET]),
+            ),
+            DataElement::new(tags::STATUS, VR::US, dicom_value!(U16, [self.status])),
+        ];
+        if let Some(uid) = &self.affected_sop_class_uid {
+            elements.push(DataElement::new(
+                tags::AFFECTED_SOP_CLASS_UID,
+                VR::UI,
+                PrimitiveValue::from(uid.as_str()),
+            ));
+        }
+        if let Some(uid) = &self.affected_sop_instance_uid {
+            elements.push(DataElement::new(
+                tags::AFFECTED_SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from(uid.as_str()),
+            ));
+        }
+        if let Some(comment) = &self.error_comment {
+            elements.push(DataElement::new(
+                tags::ERROR_COMMENT,
+                VR::LO,
+                PrimitiveValue::from(comment.as_str()),
+            ));
+        }
+        let obj = InMemDicomObject::command_from_element_iter(elements);
+        let mut out = Vec::with_capacity(256);
+        obj.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+            .map_err(|e| CommandError::Parse(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_round_trips_through_the_parser() {
+        let rq = Command {
+            field: command_field::C_STORE_RQ,
+            message_id: 7,
+            affected_sop_class_uid: Some("1.2.840.10008.5.1.4.1.1.1".into()),
+            affected_sop_instance_uid: Some("1.2.3".into()),
+            has_data_set: true,
+        };
+        let rsp = Response::to(&rq, status::OUT_OF_RESOURCES).with_comment("disk full");
+        let bytes = rsp.encode().unwrap();
+        let obj =
+            InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+                .unwrap();
+        assert_eq!(
+            obj.element(tags::STATUS).unwrap().to_int::<u16>().unwrap(),
+            0xA700
+        );
+        assert_eq!(
+            obj.element(tags::COMMAND_FIELD)
+                .unwrap()
+                .to_int::<u16>()
+                .unwrap(),
+            command_field::C_STORE_RSP
+        );
+        assert_eq!(
+            obj.element(tags::MESSAGE_ID_BEING_RESPONDED_TO)
+                .unwrap()
+                .to_int::<u16>()
+                .unwrap(),
+            7
+        );
+        let group_length = obj
+            .element(tags::COMMAND_GROUP_LENGTH)
+            .unwrap()
+            .to_int::<u32>()
+            .unwrap();
+        assert_eq!(group_length as usize, bytes.len() - 12);
+    }
+}

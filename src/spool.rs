@@ -1,0 +1,247 @@
+//! Spool: durable storage of received Part 10 files, behind a small interface so that shared or
+//! object storage can replace the local folder.
+//!
+//! The receiver stages an object (written and flushed to stable storage under a temporary name),
+//! records it in the database, then publishes it under its key; only then is Success sent. A
+//! staged object that is never published is discarded, and leftovers of a crash are swept at
+//! start-up. All methods block: call them from `spawn_blocking`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// A spool operation that failed, with the path it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot create spool directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot write staged object {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot sync {path}: {source}")]
+    Sync { path: PathBuf, source: io::Error },
+    #[error("cannot publish {from} as {to}: {source}")]
+    Publish {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("invalid spool key {0:?}")]
+    InvalidKey(String),
+}
+
+/// Where a published object lives: `STUDY_UID/SOP_INSTANCE_UID.dcm`, relative to the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolKey(String);
+
+impl SpoolKey {
+    /// The key of an instance; both UIDs must be valid DICOM UIDs (digits and dots), so a key can
+    /// never name a path outside the spool.
+    pub fn for_instance(study_uid: &str, sop_instance_uid: &str) -> Result<Self, SpoolError> {
+        for uid in [study_uid, sop_instance_uid] {
+            if !is_valid_uid(uid) {
+                return Err(SpoolError::InvalidKey(uid.to_string()));
+            }
+        }
+        Ok(Self(format!("{study_uid}/{sop_instance_uid}.dcm")))
+    }
+
+    /// Rebuild a key read back from the database.
+    pub fn parse(raw: &str) -> Result<Self, SpoolError> {
+        let ok = raw
+            .split_once('/')
+            .and_then(|(study, file)| Some((study, file.strip_suffix(".dcm")?)))
+            .is_some_and(|(study, sop)| is_valid_uid(study) && is_valid_uid(sop));
+        if ok {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err(SpoolError::InvalidKey(raw.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A DICOM UID: 1–64 characters, digits and dots, no empty component.
+pub fn is_valid_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && !uid.split('.').any(str::is_empty)
+}
+
+/// An object written durably under a temporary name, not yet visible under its key.
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+    pub size: u64,
+}
+
+/// The storage interface of the spool.
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// Write `parts` (concatenated) durably under a temporary name.
+    fn stage(&self, parts: &[&[u8]]) -> Result<Staged, SpoolError>;
+    /// Make a staged object durable and visible under `key`, replacing what was there.
+    fn publish(&self, staged: Staged, key: &SpoolKey) -> Result<(), SpoolError>;
+    /// Drop a staged object that will not be published.
+    fn discard(&self, staged: Staged);
+    /// Read a published object.
+    fn read(&self, key: &SpoolKey) -> Result<Vec<u8>, SpoolError>;
+    /// A local path for a published object, where the backend has one (for tools such as DCMTK).
+    fn local_path(&self, key: &SpoolKey) -> Option<PathBuf>;
+    /// Remove staged leftovers of an earlier crash; returns how many were removed.
+    fn sweep_staged(&self) -> Result<usize, SpoolError>;
+}
+
+/// The spool as a local (or network-mounted POSIX) directory:
+/// `DIR/tmp/` for staged objects, `DIR/objects/STUDY/SOP.dcm` for published ones.
+#[derive(Debug)]
+pub struct LocalSpool {
+    tmp: PathBuf,
+    objects: PathBuf,
+}
+
+impl LocalSpool {
+    /// Open (creating if needed) a spool under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, SpoolError> {
+        let tmp = dir.join("tmp");
+        let objects = dir.join("objects");
+        for d in [&tmp, &objects] {
+            fs::create_dir_all(d).map_err(|source| SpoolError::CreateDir {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        sync_dir(dir)?;
+        Ok(Self { tmp, objects })
+    }
+
+    /// The directory holding published objects.
+    pub fn objects_dir(&self) -> &Path {
+        &self.objects
+    }
+
+    fn path_of(&self, key: &SpoolKey) -> PathBuf {
+        self.objects.join(key.as_str())
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| SpoolError::Sync {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+impl Storage for LocalSpool {
+    fn stage(&self, parts: &[&[u8]]) -> Result<Staged, SpoolError> {
+        let path = self
+            .tmp
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let write = || -> io::Result<u64> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            let mut size = 0u64;
+            for part in parts {
+                f.write_all(part)?;
+                size += part.len() as u64;
+            }
+            f.sync_all()?;
+            Ok(size)
+        };
+        match write() {
+            Ok(size) => Ok(Staged { path, size }),
+            Err(source) => {
+                let _ = fs::remove_file(&path);
+                Err(SpoolError::Write { path, source })
+            }
+        }
+    }
+
+    fn publish(&self, staged: Staged, key: &SpoolKey) -> Result<(), SpoolError> {
+        let target = self.path_of(key);
+        let Some(parent) = target.parent() else {
+            return Err(SpoolError::InvalidKey(key.as_str().to_string()));
+        };
+        if !parent.is_dir() {
+            fs::create_dir_all(parent).map_err(|source| SpoolError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+            // the new study directory's entry must itself be durable
+            sync_dir(&self.objects)?;
+        }
+        fs::rename(&staged.path, &target).map_err(|source| SpoolError::Publish {
+            from: staged.path.clone(),
+            to: target.clone(),
+            source,
+        })?;
+        sync_dir(parent)
+    }
+
+    fn discard(&self, staged: Staged) {
+        let _ = fs::remove_file(&staged.path);
+    }
+
+    fn read(&self, key: &SpoolKey) -> Result<Vec<u8>, SpoolError> {
+        let path = self.path_of(key);
+        fs::read(&path).map_err(|source| SpoolError::Read { path, source })
+    }
+
+    fn local_path(&self, key: &SpoolKey) -> Option<PathBuf> {
+        Some(self.path_of(key))
+    }
+
+    fn sweep_staged(&self) -> Result<usize, SpoolError> {
+        let entries = fs::read_dir(&self.tmp).map_err(|source| SpoolError::Read {
+            path: self.tmp.clone(),
+            source,
+        })?;
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            if fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_only_take_uids() {
+        assert!(SpoolKey::for_instance("1.2.3", "1.2.3.4").is_ok());
+        assert!(SpoolKey::for_instance("../etc", "1.2").is_err());
+        assert!(SpoolKey::for_instance("1..2", "1.2").is_err());
+        assert!(SpoolKey::for_instance("1.2", "").is_err());
+        assert_eq!(
+            SpoolKey::parse("1.2/3.4.dcm").unwrap().as_str(),
+            "1.2/3.4.dcm"
+        );
+        assert!(SpoolKey::parse("1.2/../3.dcm").is_err());
+    }
+
+    #[test]
+    fn stage_publish_read_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = LocalSpool::open(dir.path()).unwrap();
+        let key = SpoolKey::for_instance("1.2", "1.2.3").unwrap();
+        let staged = spool.stage(&[b"ab", b"cd"]).unwrap();
+        assert_eq!(staged.size, 4);
+        spool.publish(staged, &key).unwrap();
+        assert_eq!(spool.read(&key).unwrap(), b"abcd");
+        let left = spool.stage(&[b"x"]).unwrap();
+        std::mem::forget(left);
+        assert_eq!(spool.sweep_staged().unwrap(), 1);
+    }
+}
