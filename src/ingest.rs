@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use crate::db::instances::{self, Arrival, Recorded};
 use crate::scp::dimse::status;
 use crate::scp::header::{self, HeaderError, InstanceHeader};
-use crate::scp::{StoreHandler, StoreOutcome, StoreRequest};
+use crate::scp::{StoreHandler, StoreOutcome, StoreRequest, scan};
 use crate::spool::{SpoolKey, Staged, Storage};
 
 /// Counters of what was stored and refused, read by the metrics endpoint.
@@ -217,6 +217,10 @@ fn prepare(
     transfer_syntax: &str,
     calling_ae: &str,
 ) -> Result<Prepared, PrepareError> {
+    if let Some(encoding) = scan::Encoding::of(transfer_syntax) {
+        scan::check(dataset, encoding)
+            .map_err(|e| PrepareError::Header(HeaderError::Unreadable(e)))?;
+    }
     let meta = header::file_preamble_and_meta(sop_class, sop_instance, transfer_syntax, calling_ae)
         .map_err(PrepareError::Header)?;
     let header = header::read_header(&meta, dataset, sop_class, sop_instance)

@@ -5,6 +5,7 @@
 pub mod association;
 pub mod dimse;
 pub mod header;
+pub mod scan;
 pub mod sop_classes;
 
 use std::future::Future;

@@ -1,0 +1,404 @@
+//! Test harness: a fresh database per test, the real daemon binary on 127.0.0.1 port 0, real
+//! DCMTK tools and pynetdicom as peers, and a private PostgreSQL cluster for outage tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection, PgPool};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/dicom").join(name)
+}
+
+pub fn python() -> PathBuf {
+    root().join(".venv/bin/python")
+}
+
+/// The server's admin URL: `DATABASE_URL` (set by `make test`).
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must point at a PostgreSQL role with CREATEDB (make test sets it)")
+}
+
+fn with_db(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("URL has a database part");
+    format!("{base}/{db}")
+}
+
+/// A database created for one test and dropped afterwards.
+pub struct TestDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        Self::create_on(&admin_url()).await
+    }
+
+    pub async fn create_on(admin: &str) -> Self {
+        let name = format!("cxr_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(admin).await.expect("connect admin");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        Self {
+            url: with_db(admin, &name),
+            admin: admin.to_string(),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url).await.expect("connect test db")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // best effort, on a thread of its own (Drop may run inside a runtime)
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The daemon under test.
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+pub const AE: &str = "CXR_TEST";
+
+/// Write a config for a daemon on 127.0.0.1:0 with its spool in `dir`; `extra` is appended to
+/// the `[dicom]` section.
+pub fn write_config(dir: &Path, db_url: &str, dicom_extra: &str) -> PathBuf {
+    let path = dir.join("cxr-worker.toml");
+    let text = format!(
+        r#"
+[dicom]
+ae_title = "{AE}"
+listen = "127.0.0.1:0"
+read_timeout_secs = 20
+{dicom_extra}
+
+[database]
+url = "{db_url}"
+acquire_timeout_secs = 2
+
+[spool]
+dir = "spool"
+
+[log]
+level = "info,cxr_worker=debug"
+format = "json"
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Daemon {
+    /// Start a daemon with a fresh spool directory.
+    pub fn start(db_url: &str, dicom_extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let config = write_config(&dir, db_url, dicom_extra);
+        Self::start_with(dir, config)
+    }
+
+    /// Start (or restart) a daemon on an existing directory and config.
+    pub fn start_with(dir: PathBuf, config: PathBuf) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cxr-worker"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cxr-worker");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("\"listening\"") {
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    let _ = tx.send(v["addr"].as_str().unwrap().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("daemon did not start: {:#?}", log.lock().unwrap());
+            }
+        };
+        Self {
+            child: Some(child),
+            addr,
+            dir,
+            config,
+            log,
+        }
+    }
+
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    pub fn spool_objects(&self) -> PathBuf {
+        self.dir.join("spool/objects")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Run a program to completion.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// One acknowledgement printed by tests/python/send.py.
+#[derive(Debug, serde::Deserialize)]
+pub struct Ack {
+    pub file: String,
+    pub sop: Option<String>,
+    pub status: i64,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// Send files with pynetdicom over `assocs` concurrent associations.
+pub fn pynetdicom_send(d: &Daemon, calling: &str, assocs: usize, files: &[PathBuf]) -> Vec<Ack> {
+    let mut args: Vec<String> = vec![
+        root().join("tests/python/send.py").display().to_string(),
+        "127.0.0.1".into(),
+        d.port(),
+        AE.into(),
+        "--aet".into(),
+        calling.into(),
+        "--assocs".into(),
+        assocs.to_string(),
+    ];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let out = Command::new(python()).args(&args).output().unwrap();
+    assert!(out.status.success(), "send.py failed: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The data set part of a Part 10 file: everything after the file meta group.
+pub fn dataset_bytes(file: &[u8]) -> &[u8] {
+    assert_eq!(&file[128..132], b"DICM");
+    // (0002,0000) UL, 4: explicit VR LE header of 8 bytes, then the group length
+    let group_len = u32::from_le_bytes(file[140..144].try_into().unwrap()) as usize;
+    &file[144 + group_len..]
+}
+
+/// A private PostgreSQL cluster (own data directory and port) that a test may stop and start.
+pub struct PrivatePg {
+    dir: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+fn pg_bin() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("an initdb")
+}
+
+fn as_postgres(program: &Path, args: &[&str]) -> Output {
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args).output().unwrap()
+}
+
+impl PrivatePg {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let is_root = unsafe { libc::geteuid() } == 0;
+        if is_root {
+            assert!(
+                run("chown", &["-R", "postgres", dir.to_str().unwrap()])
+                    .status
+                    .success()
+            );
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let bin = pg_bin();
+        let data = dir.join("data");
+        let out = as_postgres(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+            ],
+        );
+        assert!(out.status.success(), "initdb: {}", text(&out));
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n",
+            dir.display()
+        );
+        let conf_path = data.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).unwrap();
+        let pg = Self { dir, port, bin };
+        pg.pg_start();
+        pg
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn pg_start(&self) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        let out = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        assert!(out.status.success(), "pg_ctl start: {}", text(&out));
+    }
+
+    pub fn pg_stop(&self) {
+        let data = self.dir.join("data");
+        let out = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(out.status.success(), "pg_ctl stop: {}", text(&out));
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
