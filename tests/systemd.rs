@@ -314,3 +314,66 @@ fn no_watchdog_task_without_watchdog_usec() {
         );
     });
 }
+
+/// The unit sets `MemoryDenyWriteExecute=yes`: ONNX Runtime's CPU provider must run with no W+X
+/// memory. The kernel's own switch for the same policy (`prctl(PR_SET_MDWE)`, Linux 6.3+) is set
+/// in a Python process, a W+X mapping is shown to fail (so the policy is on), then a convolutional
+/// network runs on ONNX Runtime 1.31.1 (the wheel whose library the installer ships).
+#[test]
+fn onnx_runtime_cpu_runs_with_memory_deny_write_execute() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(MDWE_CHECK)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", python.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("W+X refused; ORT CPU ran (2, 14)"),
+        "{stdout}"
+    );
+}
+
+const MDWE_CHECK: &str = r#"
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    sys.exit(f"prctl(PR_SET_MDWE) failed, errno {ctypes.get_errno()}: kernel older than 6.3?")
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+PROT_RWX, MAP_PRIVATE_ANON = 0x7, 0x22
+if libc.mmap(None, 4096, PROT_RWX, MAP_PRIVATE_ANON, -1, 0) not in (None, ctypes.c_void_p(-1).value):
+    sys.exit("a W+X mapping succeeded: the policy is not in force")
+import numpy as np, onnxruntime as ort
+from onnx import helper, TensorProto, numpy_helper
+rng = np.random.default_rng(0)
+w1 = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w1")
+w2 = numpy_helper.from_array(rng.standard_normal((14, 16)).astype(np.float32), "w2")
+nodes = [
+    helper.make_node("Conv", ["image", "w1"], ["c"], pads=[1, 1, 1, 1]),
+    helper.make_node("Relu", ["c"], ["r"]),
+    helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+    helper.make_node("Resize", ["p", "", "", "sizes"], ["z"], mode="linear"),
+    helper.make_node("GlobalAveragePool", ["z"], ["g"]),
+    helper.make_node("Flatten", ["g"], ["f"]),
+    helper.make_node("Gemm", ["f", "w2"], ["l"], transB=1),
+    helper.make_node("Sigmoid", ["l"], ["probabilities"]),
+]
+sizes = numpy_helper.from_array(np.array([2, 16, 64, 64], dtype=np.int64), "sizes")
+graph = helper.make_graph(
+    nodes, "mdwe",
+    [helper.make_tensor_value_info("image", TensorProto.FLOAT, [2, 3, 256, 256])],
+    [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [2, 14])],
+    [w1, w2, sizes])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 9
+options = ort.SessionOptions()
+options.intra_op_num_threads = 2
+session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+(probabilities,) = session.run(None, {"image": rng.random((2, 3, 256, 256), dtype=np.float32)})
+assert np.all((probabilities > 0) & (probabilities < 1))
+print("W+X refused; ORT CPU ran", probabilities.shape)
+"#;
