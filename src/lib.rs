@@ -10,6 +10,7 @@
 //! - [`ingest`]: wires receive → spool → database; Success only once both are durable.
 //! - [`daemon`]: start-up order, signals, drain.
 //! - [`telemetry`]: tracing set-up (text or JSON); no patient data is ever logged.
+//! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and a liveness-tied watchdog.
 
 pub mod config;
 pub mod daemon;
@@ -17,4 +18,5 @@ pub mod db;
 pub mod ingest;
 pub mod scp;
 pub mod spool;
+pub mod systemd;
 pub mod telemetry;
