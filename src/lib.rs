@@ -9,6 +9,7 @@
 //! - [`db`]: PostgreSQL pool, migrations, queries.
 //! - [`ingest`]: wires receive → spool → database; Success only once both are durable.
 //! - [`daemon`]: start-up order, signals, drain.
+//! - [`report`]: the DICOM SR (TID 1500 Imaging Measurement Report) built from the findings.
 //! - [`telemetry`]: tracing set-up (text or JSON); no patient data is ever logged.
 //! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and a liveness-tied watchdog.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod ingest;
+pub mod report;
 pub mod scp;
 pub mod spool;
 pub mod systemd;
