@@ -157,7 +157,7 @@ class AnatomyXNet(nn.Module):
         """
         import re
 
-        pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+        pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
         cleaned = {}
         for key, value in state_dict.items():
             for prefix in ("module.", "densenet121."):

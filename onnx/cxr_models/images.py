@@ -26,7 +26,7 @@ def resize(arr: np.ndarray, size: int) -> np.ndarray:
     """Resize a float32 2-D array to [size,size] with PIL's anti-aliased bilinear filter."""
     if arr.shape == (size, size):
         return arr.astype(np.float32)
-    out = Image.fromarray(arr.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    out = Image.fromarray(arr.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
