@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import csv
 import datetime
 import math
@@ -150,7 +151,7 @@ def train_segmenter(args) -> dict:
     clean one, its weight ramped up over the first ``--rampup`` steps."""
     device = _device(args.device)
     base = segmenter.TINY if args.tiny else segmenter.FULL
-    config = segmenter.SegmenterConfig(input_size=args.size or base.input_size, base_channels=base.base_channels, depth=base.depth)
+    config = dataclasses.replace(base, input_size=args.size or base.input_size)
     student = segmenter.UNet(config).to(device)
     teacher = copy.deepcopy(student).eval()
     for p in teacher.parameters():
