@@ -112,7 +112,8 @@ class PWAP(nn.Module):
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = self.classifier(features)  # [N,K,h,w]
-        weights = torch.sigmoid(maps).flatten(2)  # [N,K,hw]
+        # the clamp only keeps σ above float32 underflow (σ(-80) ≈ 2e-35), so the sum is never 0
+        weights = torch.sigmoid(maps.clamp(min=-80.0)).flatten(2)  # [N,K,hw]
         weights = weights / weights.sum(dim=2, keepdim=True)
         pooled = torch.bmm(weights, features.flatten(2).transpose(1, 2))  # [N,K,C]
         w = self.classifier.weight.flatten(1)  # [K,C]

@@ -76,3 +76,11 @@ def test_segmenter_shapes_and_range():
         out = model(torch.rand(3, 1, 64, 64))
     assert out.shape == (3, len(contract.SEGMENTER_CHANNELS), 64, 64)
     assert ((out >= 0) & (out <= 1)).all()
+
+
+def test_pwap_stays_finite_when_every_cell_is_very_negative():
+    pwap = anatomy_xnet.PWAP(4, 14)
+    with torch.no_grad():
+        pwap.classifier.bias.fill_(-200.0)
+    logits, _ = pwap(torch.rand(1, 4, 3, 3))
+    assert torch.isfinite(logits).all()
