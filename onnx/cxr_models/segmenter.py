@@ -34,7 +34,6 @@ class SegmenterConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "SegmenterConfig":
         d = dict(d)
-        d.setdefault("internal_scale", 1)
         d["channels"] = tuple(d["channels"])
         return cls(**d)
 
@@ -63,6 +62,9 @@ class UNet(nn.Module):
 
     def __init__(self, config: SegmenterConfig = FULL):
         super().__init__()
+        stride = config.internal_scale * 2**config.depth
+        if config.input_size % stride:
+            raise ValueError(f"input_size {config.input_size} is not a multiple of {stride} (internal_scale × 2^depth)")
         self.config = config
         widths = [config.base_channels * 2**i for i in range(config.depth + 1)]
         self.down = nn.ModuleList([_double_conv(1, widths[0])])
