@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::scp::{self, ScpSettings, ScpStats};
 use crate::spool::{LocalSpool, Storage};
+use crate::systemd::{Heartbeats, Notifier, Watchdog};
 use crate::{db, spool};
 
 /// A start-up failure, naming what could not be set up.
@@ -31,11 +32,18 @@ pub enum StartError {
     Signals(std::io::Error),
 }
 
-/// Run the daemon until SIGTERM/SIGINT.
+/// Run the daemon until SIGTERM/SIGINT. Under systemd (`Type=notify`) READY=1 is sent only once
+/// the migrations are applied and the port is bound; the watchdog is pinged only while the
+/// receive loop is alive.
 pub async fn serve(config: Config) -> Result<(), StartError> {
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "NOTIFY_SOCKET unusable: not notifying systemd");
+        Notifier::disabled()
+    });
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    spawn_signal_handler(shutdown.clone(), notifier.clone())?;
     let pool = db::pool(&config.database)?;
+    notify_status(&notifier, "applying database migrations");
     migrate_when_available(&pool, &shutdown).await?;
     if shutdown.is_cancelled() {
         return Ok(());
@@ -57,6 +65,16 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         source,
     })?;
     tracing::info!(%addr, ae_title = %config.dicom.ae_title, "listening");
+    let heartbeats = Heartbeats::new();
+    let receive_beat = heartbeats.register("receive");
+    let _watchdog = Watchdog::spawn_if_enabled(&notifier, &heartbeats, shutdown.clone());
+    if let Err(e) = notifier.ready() {
+        tracing::warn!(error = %e, "cannot notify READY");
+    }
+    notify_status(
+        &notifier,
+        &format!("receiving as {} on {addr}", config.dicom.ae_title),
+    );
     let ingest = Arc::new(Ingest::new(pool.clone(), storage));
     scp::run(
         listener,
@@ -64,6 +82,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         ingest,
         Arc::new(ScpStats::default()),
         shutdown,
+        move || receive_beat.beat(),
     )
     .await;
     pool.close().await;
@@ -102,7 +121,16 @@ fn is_connection_error(e: &sqlx::Error) -> bool {
     )
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), StartError> {
+fn notify_status(notifier: &Notifier, text: &str) {
+    if let Err(e) = notifier.status(text) {
+        tracing::warn!(error = %e, "cannot notify STATUS");
+    }
+}
+
+fn spawn_signal_handler(
+    shutdown: CancellationToken,
+    notifier: Notifier,
+) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
@@ -110,6 +138,9 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), StartError> {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
             _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+        if let Err(e) = notifier.stopping() {
+            tracing::warn!(error = %e, "cannot notify STOPPING");
         }
         shutdown.cancel();
     });

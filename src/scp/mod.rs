@@ -103,22 +103,33 @@ pub struct ScpStats {
     pub associations_rejected: AtomicU64,
 }
 
+/// How often the accept loop reports that it is alive, even with no traffic.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Accept associations on `listener` until `shutdown` is cancelled, then wait for the
 /// associations in flight: each finishes the C-STORE it is receiving, then is closed.
+/// `beat` is called at least every [`HEARTBEAT_INTERVAL`] while the loop is alive (watchdog).
 pub async fn run<H: StoreHandler>(
     listener: TcpListener,
     settings: Arc<ScpSettings>,
     handler: Arc<H>,
     stats: Arc<ScpStats>,
     shutdown: CancellationToken,
+    beat: impl Fn() + Send,
 ) {
     let limit = Arc::new(Semaphore::new(settings.max_associations));
     let tracker = TaskTracker::new();
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                beat();
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
+        beat();
         let (socket, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {

@@ -138,10 +138,18 @@ impl Daemon {
 
     /// Start (or restart) a daemon on an existing directory and config.
     pub fn start_with(dir: PathBuf, config: PathBuf) -> Self {
+        Self::start_env(dir, config, &[])
+    }
+
+    /// Start a daemon with extra environment variables.
+    pub fn start_env(dir: PathBuf, config: PathBuf, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cxr-worker"))
             .args(["serve", "--config"])
             .arg(&config)
             .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
