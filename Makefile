@@ -4,7 +4,7 @@ VENV := .venv
 export ORT_DYLIB_PATH ?= $(CURDIR)/$(VENV)/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup db build release test demo clean-db lint
+.PHONY: setup db build test test-rust test-python demo models bench clean-db lint install
 
 setup:
 	@scripts/setup.sh
@@ -20,7 +20,21 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 
 test: setup db
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory test-rust
+	$(MAKE) --no-print-directory test-python
+
+test-rust:
 	DATABASE_URL=$${DATABASE_URL:-$$(scripts/pg.sh url)} cargo test --release -- --test-threads=2
+
+test-python:
+	scripts/test-python.sh
+
+models: setup
+	scripts/make-models.sh
+
+install: build
+	scripts/install.sh
 
 demo: setup db build
 	scripts/demo.sh

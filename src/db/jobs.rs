@@ -1,0 +1,154 @@
+//! The job queue: one job per study ready for analysis, shared by every worker on every machine.
+//! Scheduling is idempotent (at most one open job per study); dequeue takes a lease with
+//! `FOR UPDATE SKIP LOCKED`; a job whose lease expired (its worker died) is taken again.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// A job taken by this worker.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    pub id: i64,
+    pub study_instance_uid: String,
+    pub kind: String,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+}
+
+/// Create a job for every study whose newest unprocessed instance arrived at least `quiet` ago.
+/// Returns how many jobs were created.
+pub async fn schedule_ready(pool: &PgPool, quiet: Duration) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "INSERT INTO jobs (study_instance_uid)
+         SELECT study_instance_uid FROM instances WHERE state = 'received'
+         GROUP BY study_instance_uid
+         HAVING max(received_at) <= now() - make_interval(secs => $1)
+         ON CONFLICT (study_instance_uid) WHERE state IN ('queued', 'running') DO NOTHING",
+    )
+    .bind(quiet.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Queue a job for a study now (admin `reprocess`); returns false when one is already open.
+pub async fn enqueue_now(pool: &PgPool, study: &str, kind: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "INSERT INTO jobs (study_instance_uid, kind) VALUES ($1, $2)
+         ON CONFLICT (study_instance_uid) WHERE state IN ('queued', 'running') DO NOTHING",
+    )
+    .bind(study)
+    .bind(kind)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Take the next due job (or one whose lease expired) for `owner`, leased for `lease`.
+pub async fn dequeue(
+    pool: &PgPool,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE jobs SET state = 'running', lease_owner = $1,
+             lease_expires_at = now() + make_interval(secs => $2),
+             attempts = attempts + 1, updated_at = now()
+         WHERE id = (
+             SELECT id FROM jobs
+             WHERE (state = 'queued' AND run_after <= now())
+                OR (state = 'running' AND lease_expires_at < now())
+             ORDER BY run_after
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, study_instance_uid, kind, attempts",
+    )
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Extend the lease of a running job; false when this worker no longer holds it.
+pub async fn extend_lease(
+    pool: &PgPool,
+    id: i64,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Mark a job done.
+pub async fn complete(
+    tx: &mut sqlx::PgConnection,
+    id: i64,
+    owner: &str,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE jobs SET state = 'done', finished_at = now(), updated_at = now(),
+             lease_owner = NULL, lease_expires_at = NULL, last_error = NULL
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .execute(tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Give a job back to the queue after a transient failure, due again after `delay`.
+pub async fn retry_later(
+    pool: &PgPool,
+    id: i64,
+    owner: &str,
+    delay: Duration,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'queued', run_after = now() + make_interval(secs => $3),
+             last_error = $4, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(delay.as_secs_f64())
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Mark a job failed for good, and the instances it was analysing with it.
+pub async fn fail(pool: &PgPool, job: &Job, owner: &str, error: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE jobs SET state = 'failed', last_error = $3, finished_at = now(), updated_at = now(),
+             lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(job.id)
+    .bind(owner)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE instances SET state = 'failed', state_reason = $2, state_changed_at = now()
+         WHERE study_instance_uid = $1 AND state = 'analysing'",
+    )
+    .bind(&job.study_instance_uid)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}

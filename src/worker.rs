@@ -1,0 +1,423 @@
+//! The analysis worker: study completion → job → decode + infer → findings → SR → outbox.
+//!
+//! The one place where the spool, the database, the models and the report meet. Each worker owns
+//! one [`Analyser`] (ONNX Runtime sessions) and runs it on a blocking thread. Any number of
+//! workers, on any number of machines, share the job queue in PostgreSQL.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Local;
+use dicom_dictionary_std::tags;
+use dicom_object::{InMemDicomObject, OpenFileOptions};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::analysis::{self, AnalysedInstance, AnalysisRow, LabelRow, NewReport};
+use crate::db::jobs::{self, Job};
+use crate::outbox;
+use crate::pipeline::analyse::{Analyser, Call, ImageReport};
+use crate::report::{
+    self, AnalysedImage, Completion, ImageRef, LabelResult, ModelInfo, Predecessor, ReportContent,
+    ReportRequest, SourceStudy,
+};
+use crate::spool::{SpoolKey, Storage};
+
+/// How workers schedule and run jobs (from `[study]` and `[report]`).
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// A study is ready when nothing has arrived for this long.
+    pub quiet_period: Duration,
+    /// How long a job is leased to a worker before another may take it.
+    pub lease: Duration,
+    /// Attempts before a job is marked failed.
+    pub max_attempts: u32,
+    /// How often an idle worker looks for work.
+    pub poll_interval: Duration,
+    /// First retry delay; doubles per attempt, capped at 10 minutes.
+    pub retry_base: Duration,
+    /// Where SRs are written before they are queued for sending.
+    pub archive_dir: PathBuf,
+    /// This worker's name in leases (host:pid:n).
+    pub owner: String,
+}
+
+/// A job that could not complete: retried unless permanent.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("spool: {0}")]
+    Spool(String),
+    #[error("inference: {0}")]
+    Inference(String),
+    #[error("report: {0}")]
+    Report(String),
+    #[error("lease lost: another worker took the job")]
+    LeaseLost,
+}
+
+/// The outcome of one pass of the loop.
+enum Pass {
+    Worked,
+    Idle,
+}
+
+/// Run one worker until `shutdown`; a job in progress is finished first.
+pub async fn run(
+    pool: PgPool,
+    storage: Arc<dyn Storage>,
+    analyser: Analyser,
+    settings: Arc<WorkerSettings>,
+    shutdown: CancellationToken,
+    beat: impl Fn() + Send,
+) {
+    let mut analyser = Some(analyser);
+    let mut backoff = settings.poll_interval;
+    loop {
+        beat();
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let pass = one_pass(&pool, &storage, &mut analyser, &settings).await;
+        let wait = match pass {
+            Ok(Pass::Worked) => {
+                backoff = settings.poll_interval;
+                continue;
+            }
+            Ok(Pass::Idle) => settings.poll_interval,
+            Err(e) => {
+                tracing::warn!(error = %e, "worker pass failed (database unavailable?)");
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait.min(Duration::from_secs(5))) => {}
+        }
+    }
+}
+
+async fn one_pass(
+    pool: &PgPool,
+    storage: &Arc<dyn Storage>,
+    analyser: &mut Option<Analyser>,
+    s: &WorkerSettings,
+) -> Result<Pass, sqlx::Error> {
+    let created = jobs::schedule_ready(pool, s.quiet_period).await?;
+    if created > 0 {
+        tracing::debug!(created, "studies ready: jobs queued");
+    }
+    let Some(job) = jobs::dequeue(pool, &s.owner, s.lease).await? else {
+        return Ok(Pass::Idle);
+    };
+    match process(pool, storage, analyser, s, &job).await {
+        Ok(summary) => {
+            tracing::info!(job_id = job.id, study_instance_uid = %job.study_instance_uid, %summary, "job done");
+        }
+        Err(JobError::LeaseLost) => {
+            tracing::warn!(job_id = job.id, "lease lost: leaving the job to its new owner");
+        }
+        Err(e) if job.attempts as u32 >= s.max_attempts => {
+            tracing::error!(job_id = job.id, study_instance_uid = %job.study_instance_uid, error = %e, "job failed for good");
+            jobs::fail(pool, &job, &s.owner, &e.to_string()).await?;
+        }
+        Err(e) => {
+            let delay = retry_delay(s.retry_base, job.attempts);
+            tracing::warn!(job_id = job.id, error = %e, retry_in_s = delay.as_secs(), "job failed: will retry");
+            jobs::retry_later(pool, job.id, &s.owner, delay, &e.to_string()).await?;
+        }
+    }
+    Ok(Pass::Worked)
+}
+
+/// Exponential backoff: base × 2^(attempt−1), capped at 10 minutes.
+pub fn retry_delay(base: Duration, attempt: i32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).clamp(0, 16) as u32);
+    (base * factor).min(Duration::from_secs(600))
+}
+
+/// Analyse the job's instances, store the findings, build and queue the SR.
+async fn process(
+    pool: &PgPool,
+    storage: &Arc<dyn Storage>,
+    analyser: &mut Option<Analyser>,
+    s: &WorkerSettings,
+    job: &Job,
+) -> Result<String, JobError> {
+    let study = job.study_instance_uid.as_str();
+    let pending = analysis::claim_instances(pool, study, job.kind == "reprocess").await?;
+    let mut paths = Vec::with_capacity(pending.len());
+    for p in &pending {
+        let key = SpoolKey::parse(&p.spool_key).map_err(|e| JobError::Spool(e.to_string()))?;
+        let path = storage
+            .local_path(&key)
+            .ok_or_else(|| JobError::Spool("storage has no local path".into()))?;
+        paths.push(path);
+    }
+    let reports = run_models(analyser, paths).await?;
+    if !jobs::extend_lease(pool, job.id, &s.owner, s.lease).await? {
+        return Err(JobError::LeaseLost);
+    }
+    let mut tx = pool.begin().await?;
+    let mut analysed_now = 0;
+    let mut skipped: Vec<String> = Vec::new();
+    for (p, r) in pending.iter().zip(&reports) {
+        match to_rows(study, p.sop_instance_uid.as_str(), r) {
+            Some((row, labels)) => {
+                analysis::record_analysis(&mut tx, job.id, &row, &labels).await?;
+                analysed_now += 1;
+            }
+            None => {
+                analysis::set_state(&mut tx, &p.sop_instance_uid, "skipped", Some(&r.reason))
+                    .await?;
+                skipped.push(r.reason.clone());
+            }
+        }
+    }
+    tx.commit().await?;
+
+    let previous = analysis::latest_report(pool, study).await?;
+    if analysed_now == 0 && previous.is_some() {
+        // nothing new to say: no silent duplicate of the last report
+        let mut tx = pool.begin().await?;
+        if !jobs::complete(&mut tx, job.id, &s.owner).await? {
+            return Err(JobError::LeaseLost);
+        }
+        tx.commit().await?;
+        return Ok(format!("{} skipped, report unchanged", skipped.len()));
+    }
+    let analysed = analysis::analysed_instances(pool, study).await?;
+    let header_key = pending
+        .first()
+        .map(|p| p.spool_key.clone())
+        .ok_or_else(|| JobError::Report("job has no instance".into()))?;
+    let source = read_source(storage, &header_key).await?;
+    let request = report_request(source, &analysed, &pending, &skipped, previous.as_ref())?;
+    let built = report::build_sr(&request).map_err(|e| JobError::Report(e.to_string()))?;
+    let dir = s.archive_dir.clone();
+    let built = Arc::new(built);
+    let to_archive = built.clone();
+    let archive_path = tokio::task::spawn_blocking(move || outbox::archive_sr(&dir, &to_archive))
+        .await
+        .map_err(|e| JobError::Report(e.to_string()))?
+        .map_err(|e| JobError::Report(e.to_string()))?;
+    let kind = if analysed.is_empty() {
+        "not_analysed"
+    } else {
+        "findings"
+    };
+    let reason = (kind == "not_analysed").then(|| summarise(&skipped));
+    let archive = archive_path.display().to_string();
+    let mut tx = pool.begin().await?;
+    analysis::insert_report(
+        &mut tx,
+        &NewReport {
+            study_instance_uid: study,
+            job_id: job.id,
+            kind,
+            sr_sop_instance_uid: &built.sop_instance_uid,
+            sr_series_instance_uid: &built.series_instance_uid,
+            instance_number: request.instance_number as i32,
+            predecessor: previous.as_ref().map(|p| p.sr_sop_instance_uid.as_str()),
+            analysed_images: analysed.len() as i32,
+            archive_path: &archive,
+            reason: reason.as_deref(),
+        },
+    )
+    .await?;
+    let queued = outbox::enqueue(&mut tx, study, &built.sop_instance_uid, &archive).await?;
+    if !jobs::complete(&mut tx, job.id, &s.owner).await? {
+        return Err(JobError::LeaseLost);
+    }
+    tx.commit().await?;
+    Ok(format!(
+        "{analysed_now} analysed, {} skipped, SR {} ({kind}) queued for {queued} destination(s)",
+        skipped.len(),
+        built.sop_instance_uid
+    ))
+}
+
+/// Run the models on a blocking thread; the analyser travels there and back.
+async fn run_models(
+    analyser: &mut Option<Analyser>,
+    paths: Vec<PathBuf>,
+) -> Result<Vec<ImageReport>, JobError> {
+    let Some(mut a) = analyser.take() else {
+        return Err(JobError::Inference("the models failed to come back from a previous run".into()));
+    };
+    let (a, result) = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(paths.len());
+        let result = a.analyse_paths(&paths, |r| out.push(r)).map(|()| out);
+        (a, result)
+    })
+    .await
+    .map_err(|e| JobError::Inference(format!("inference thread: {e}")))?;
+    *analyser = Some(a);
+    result.map_err(|e| JobError::Inference(e.to_string()))
+}
+
+/// The database rows of an analysed image; `None` when it was not analysed.
+fn to_rows(study: &str, sop: &str, r: &ImageReport) -> Option<(AnalysisRow, Vec<LabelRow>)> {
+    let (Some(probabilities), Some(f)) = (&r.probabilities, &r.findings) else {
+        return None;
+    };
+    let labels = probabilities
+        .0
+        .iter()
+        .map(|(label, p)| LabelRow {
+            label: label.clone(),
+            probability: p.clamp(0.0, 1.0),
+            threshold: f.thresholds.get(label).copied().unwrap_or(0.5),
+            present: f.calls.get(label) == Some(&Call::Present),
+        })
+        .collect();
+    let a = &f.anatomy;
+    let row = AnalysisRow {
+        sop_instance_uid: sop.to_string(),
+        study_instance_uid: study.to_string(),
+        segmenter_name: f.segmenter.name.clone(),
+        segmenter_version: f.segmenter.version.clone(),
+        classifier_name: f.classifier.name.clone(),
+        classifier_version: f.classifier.version.clone(),
+        trained: f.trained,
+        execution_provider: f.provider.clone(),
+        left_lung_mm2: a.left_lung.mm2,
+        right_lung_mm2: a.right_lung.mm2,
+        lung_area_fraction: Some(a.lungs.fraction),
+        heart_mm2: a.heart.mm2,
+        heart_area_fraction: Some(a.heart.fraction),
+        cardiothoracic_ratio: a.cardiothoracic_ratio,
+        decode_ms: r.timings.decode_ms,
+        preprocess_ms: r.timings.preprocess_ms,
+        segment_ms: r.timings.segment_ms,
+        classify_ms: r.timings.classify_ms,
+    };
+    Some((row, labels))
+}
+
+/// The header of a received instance, for the patient and study attributes of the SR.
+async fn read_source(storage: &Arc<dyn Storage>, key: &str) -> Result<SourceStudy, JobError> {
+    let key = SpoolKey::parse(key).map_err(|e| JobError::Spool(e.to_string()))?;
+    let storage = storage.clone();
+    tokio::task::spawn_blocking(move || {
+        let bytes = storage.read(&key).map_err(|e| JobError::Spool(e.to_string()))?;
+        let obj = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .from_reader(bytes.get(128..).unwrap_or_default())
+            .map_err(|e| JobError::Spool(format!("cannot read {}: {e}", key.as_str())))?;
+        let obj: &InMemDicomObject = &obj;
+        SourceStudy::from_dataset(obj).map_err(|e| JobError::Report(e.to_string()))
+    })
+    .await
+    .map_err(|e| JobError::Spool(e.to_string()))?
+}
+
+fn summarise(reasons: &[String]) -> String {
+    let mut unique: Vec<&str> = reasons.iter().map(String::as_str).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.is_empty() {
+        "no image could be analysed".into()
+    } else {
+        unique.join("; ")
+    }
+}
+
+fn report_request(
+    study: SourceStudy,
+    analysed: &[AnalysedInstance],
+    pending: &[analysis::PendingInstance],
+    skipped: &[String],
+    previous: Option<&analysis::ReportRow>,
+) -> Result<ReportRequest, JobError> {
+    let model = analysed.first().map(|a| ModelInfo {
+        classifier_name: a.classifier_name.clone(),
+        classifier_version: a.classifier_version.clone(),
+        segmenter_name: a.segmenter_name.clone(),
+        segmenter_version: a.segmenter_version.clone(),
+        trained: analysed.iter().all(|a| a.trained),
+        manufacturer: "cxr-worker".into(),
+        software_version: env!("CARGO_PKG_VERSION").into(),
+    });
+    let model = model.unwrap_or_else(|| ModelInfo {
+        classifier_name: "Anatomy-XNet".into(),
+        classifier_version: "n/a".into(),
+        segmenter_name: "anatomy segmenter".into(),
+        segmenter_version: "n/a".into(),
+        trained: false,
+        manufacturer: "cxr-worker".into(),
+        software_version: env!("CARGO_PKG_VERSION").into(),
+    });
+    let content = if analysed.is_empty() {
+        ReportContent::NotAnalysed {
+            received: pending
+                .iter()
+                .map(|p| ImageRef {
+                    sop_class_uid: p.sop_class_uid.clone(),
+                    sop_instance_uid: p.sop_instance_uid.clone(),
+                    series_instance_uid: p.series_instance_uid.clone(),
+                })
+                .collect(),
+            reason: summarise(skipped),
+        }
+    } else {
+        ReportContent::Findings(
+            analysed
+                .iter()
+                .map(|a| AnalysedImage {
+                    image: ImageRef {
+                        sop_class_uid: a.sop_class_uid.clone(),
+                        sop_instance_uid: a.sop_instance_uid.clone(),
+                        series_instance_uid: a.series_instance_uid.clone(),
+                    },
+                    labels: a
+                        .labels
+                        .iter()
+                        .map(|l| LabelResult {
+                            label: l.label.clone(),
+                            probability: l.probability,
+                            threshold: l.threshold,
+                        })
+                        .collect(),
+                    cardiothoracic_ratio: a.cardiothoracic_ratio.map(|c| c as f32),
+                })
+                .collect(),
+        )
+    };
+    let predecessor = previous.map(|p| Predecessor {
+        study_instance_uid: study.study_instance_uid.clone(),
+        series_instance_uid: p.sr_series_instance_uid.clone(),
+        sop_class_uid: report::sr::SR_SOP_CLASS_UID.to_string(),
+        sop_instance_uid: p.sr_sop_instance_uid.clone(),
+    });
+    Ok(ReportRequest {
+        study,
+        model,
+        content,
+        predecessor,
+        completion: Completion::Complete,
+        instance_number: previous.map_or(1, |p| p.instance_number as u32 + 1),
+        series_number: 9901,
+        content_datetime: Local::now().naive_local(),
+        sop_instance_uid: None,
+        series_instance_uid: previous.map(|p| p.sr_series_instance_uid.clone()),
+        uid_root: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Duration::from_secs(5);
+        assert_eq!(retry_delay(b, 1), Duration::from_secs(5));
+        assert_eq!(retry_delay(b, 2), Duration::from_secs(10));
+        assert_eq!(retry_delay(b, 4), Duration::from_secs(40));
+        assert_eq!(retry_delay(b, 30), Duration::from_secs(600));
+    }
+}
