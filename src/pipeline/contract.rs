@@ -285,6 +285,16 @@ pub fn check(
 ) -> Result<ModelInfo, ContractError> {
     let mut problems = header_problems(header);
     let meta = view.metadata;
+    // A model of the other role is named as such before its metadata is judged.
+    if let Some(found) = meta("cxr.role")
+        && found != role.as_str()
+    {
+        problems.push(format!(
+            "cxr.role is {found:?}, expected {:?}",
+            role.as_str()
+        ));
+        return Err(mismatch(path, problems));
+    }
     let mut required = vec![
         "cxr.contract",
         "cxr.role",
