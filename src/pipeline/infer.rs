@@ -3,8 +3,10 @@
 //!
 //! ONNX Runtime is loaded at run time (`ort` load-dynamic) from `[models] onnxruntime_library`
 //! or `ORT_DYLIB_PATH`. Execution providers are tried in the configured order; for each model a
-//! session is built with that provider alone, registration failures are errors, and the first
-//! provider whose session builds is kept. One log line names the provider in use and why the
+//! session is built with that provider (TensorRT with CUDA behind it for the nodes TensorRT does
+//! not take), a registration failure moves on to the next, and the first provider whose session
+//! builds is kept. TensorRT uses `tensorrt_fp16` and, when `tensorrt_cache_dir` is set, its
+//! engine and timing caches there (the first run of each input shape builds an engine). One log line names the provider in use and why the
 //! ones before it were passed over. `Session::run` takes `&mut self`: an [`Engine`] belongs to
 //! one thread at a time (put it behind a mutex, or give each inference thread its own); all its
 //! methods are plain blocking calls, to be run from `spawn_blocking` or a dedicated thread.
@@ -131,10 +133,9 @@ pub fn environment(library: Option<&Path>) -> Result<Environment, InferError> {
     Ok(env)
 }
 
-fn dispatch(
-    provider: ExecutionProvider,
-    opts: &EngineOptions,
-) -> Option<ExecutionProviderDispatch> {
+/// The execution providers registered for `provider`: TensorRT is paired with CUDA (registered
+/// silently) for the nodes TensorRT does not take; CPU needs none.
+fn dispatch(provider: ExecutionProvider, opts: &EngineOptions) -> Vec<ExecutionProviderDispatch> {
     match provider {
         ExecutionProvider::Tensorrt => {
             let mut trt = ep::TensorRT::default().with_fp16(opts.tensorrt_fp16);
@@ -145,10 +146,13 @@ fn dispatch(
                     .with_timing_cache(true)
                     .with_timing_cache_path(dir.display());
             }
-            Some(trt.build().error_on_failure())
+            vec![
+                trt.build().error_on_failure(),
+                ep::CUDA::default().build().fail_silently(),
+            ]
         }
-        ExecutionProvider::Cuda => Some(ep::CUDA::default().build().error_on_failure()),
-        ExecutionProvider::Cpu => None,
+        ExecutionProvider::Cuda => vec![ep::CUDA::default().build().error_on_failure()],
+        ExecutionProvider::Cpu => Vec::new(),
     }
 }
 
@@ -179,9 +183,10 @@ fn build_session(
             .with_intra_threads(opts.intra_threads)
             .map_err(|e| e.to_string())?;
     }
-    if let Some(d) = dispatch(provider, opts) {
+    let providers = dispatch(provider, opts);
+    if !providers.is_empty() {
         builder = builder
-            .with_execution_providers([d])
+            .with_execution_providers(providers)
             .map_err(|e| e.to_string())?;
     }
     builder.commit_from_memory(bytes).map_err(|e| e.to_string())
