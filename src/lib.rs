@@ -10,6 +10,7 @@
 //! - [`ingest`]: wires receive → spool → database; Success only once both are durable.
 //! - [`daemon`]: start-up order, signals, drain.
 //! - [`report`]: the DICOM SR (TID 1500 Imaging Measurement Report) built from the findings.
+//! - [`pipeline`]: decode, eligibility, preprocessing, ONNX inference and measurements.
 //! - [`telemetry`]: tracing set-up (text or JSON); no patient data is ever logged.
 //! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and a liveness-tied watchdog.
 
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod db;
 pub mod ingest;
 pub mod report;
+pub mod pipeline;
 pub mod scp;
 pub mod spool;
 pub mod systemd;

@@ -1,0 +1,448 @@
+//! Analyse: the whole per-image flow on files — decode → eligibility → preprocess → segment →
+//! classify → measure — with batching, stage timings and serialisable results.
+//!
+//! CPU-bound and blocking throughout: call it from `spawn_blocking` or a dedicated thread.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
+use super::decode::{self, DecodeLimits, GreyImage, PixelSpacing, Voi};
+use super::eligibility::{self, Eligibility};
+use super::infer::{Engine, InferError};
+use super::preprocess;
+
+/// The warning attached to every result of a model whose `cxr.trained` is "false".
+pub const UNTRAINED_WARNING: &str = "UNTRAINED model: findings are not clinically meaningful";
+
+/// Mask probability above which a pixel counts as organ.
+pub const MASK_THRESHOLD: f32 = 0.5;
+
+/// Values keyed by label, serialised as a JSON object in label order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelMap<T>(pub Vec<(String, T)>);
+
+impl<T: Serialize> Serialize for LabelMap<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<T> LabelMap<T> {
+    /// The value for `label`.
+    pub fn get(&self, label: &str) -> Option<&T> {
+        self.0.iter().find(|(k, _)| k == label).map(|(_, v)| v)
+    }
+}
+
+/// Present/Absent at the model's threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Call {
+    Present,
+    Absent,
+}
+
+/// Wall-clock time of each stage for one image, in milliseconds. Segment and classify are the
+/// batch's run time divided by the images in the batch.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timings {
+    pub decode_ms: f64,
+    pub preprocess_ms: f64,
+    pub segment_ms: f64,
+    pub classify_ms: f64,
+}
+
+/// One organ's area.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Area {
+    /// Pixels above [`MASK_THRESHOLD`] in the S×S mask.
+    pub pixels: u64,
+    /// Fraction of the image.
+    pub fraction: f64,
+    /// In mm² when the pixel spacing is known.
+    pub mm2: Option<f64>,
+}
+
+/// Areas and the cardiothoracic ratio from the segmenter's masks.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Anatomy {
+    pub left_lung: Area,
+    pub right_lung: Area,
+    pub lungs: Area,
+    pub heart: Area,
+    /// Largest horizontal heart width / largest horizontal thoracic width (outer edges of the
+    /// lung masks, per row); `None` when either mask is empty.
+    pub cardiothoracic_ratio: Option<f64>,
+    /// Pixel spacing used for mm², with its source attribute.
+    pub pixel_spacing: Option<PixelSpacing>,
+}
+
+/// A model, as named by its metadata.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelTag {
+    pub name: String,
+    pub version: String,
+    pub trained: bool,
+}
+
+/// What the models found in one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Findings {
+    pub calls: LabelMap<Call>,
+    pub thresholds: LabelMap<f32>,
+    pub anatomy: Anatomy,
+    /// How the VOI step was done.
+    pub voi: Voi,
+    pub segmenter: ModelTag,
+    pub classifier: ModelTag,
+    /// The execution provider that ran the models.
+    pub provider: String,
+    /// Both models trained.
+    pub trained: bool,
+    /// [`UNTRAINED_WARNING`] when a model is untrained.
+    pub warning: Option<String>,
+    /// Segmenter output `[C,S,S]` (for overlays; not serialised).
+    #[serde(skip)]
+    pub masks: Vec<f32>,
+    /// Classifier class maps `[L,h,w]` (for overlays; not serialised).
+    #[serde(skip)]
+    pub class_maps: Vec<f32>,
+    #[serde(skip)]
+    pub class_map_size: (usize, usize),
+    /// The grey image at the segmenter's size (for overlays; not serialised).
+    #[serde(skip)]
+    pub grey: GreyImage,
+}
+
+/// The result for one file: the eligibility decision and, when analysed, the findings.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageReport {
+    pub file: String,
+    pub sop_instance_uid: Option<String>,
+    pub study_instance_uid: Option<String>,
+    pub series_instance_uid: Option<String>,
+    pub eligible: bool,
+    pub reason: String,
+    /// Probabilities keyed by label, in label order; `null` when not analysed.
+    pub probabilities: Option<LabelMap<f32>>,
+    pub findings: Option<Findings>,
+    pub timings: Timings,
+}
+
+/// Runs the models on files, a batch at a time.
+pub struct Analyser {
+    pub engine: Engine,
+    pub limits: DecodeLimits,
+    pub batch_size: usize,
+}
+
+/// An image ready for the models.
+struct Prepared {
+    index: usize,
+    grey_segmenter: GreyImage,
+    classifier_input: Vec<f32>,
+    spacing: Option<PixelSpacing>,
+    rows: usize,
+    columns: usize,
+    voi: Voi,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl Analyser {
+    /// Analyse `paths`, calling `emit` with each report as its batch completes (input order).
+    /// Undecodable or ineligible files are reported and the others go on; only an inference
+    /// failure stops the run.
+    pub fn analyse_paths(
+        &mut self,
+        paths: &[PathBuf],
+        mut emit: impl FnMut(ImageReport),
+    ) -> Result<(), InferError> {
+        for chunk in paths.chunks(self.batch_size.max(1)) {
+            for report in self.analyse_batch(chunk)? {
+                emit(report);
+            }
+        }
+        Ok(())
+    }
+
+    /// Analyse up to one batch of files.
+    pub fn analyse_batch(&mut self, paths: &[PathBuf]) -> Result<Vec<ImageReport>, InferError> {
+        let mut reports = Vec::with_capacity(paths.len());
+        let mut prepared = Vec::new();
+        for (index, path) in paths.iter().enumerate() {
+            let (report, ready) = self.prepare(index, path);
+            reports.push(report);
+            prepared.extend(ready);
+        }
+        if !prepared.is_empty() {
+            self.run_models(&prepared, &mut reports)?;
+        }
+        Ok(reports)
+    }
+
+    /// Decode, decide, preprocess one file.
+    fn prepare(&self, index: usize, path: &Path) -> (ImageReport, Option<Prepared>) {
+        let mut report = ImageReport {
+            file: path.display().to_string(),
+            sop_instance_uid: None,
+            study_instance_uid: None,
+            series_instance_uid: None,
+            eligible: false,
+            reason: String::new(),
+            probabilities: None,
+            findings: None,
+            timings: Timings::default(),
+        };
+        let started = Instant::now();
+        let file = match decode::open_path(path, &self.limits) {
+            Ok(f) => f,
+            Err(e) => {
+                report.reason = format!("undecodable: {e}");
+                report.timings.decode_ms = ms(started);
+                return (report, None);
+            }
+        };
+        let a = &file.attributes;
+        report.sop_instance_uid = a.sop_instance_uid.clone();
+        report.study_instance_uid = a.study_instance_uid.clone();
+        report.series_instance_uid = a.series_instance_uid.clone();
+        let Eligibility { eligible, reason } = eligibility::assess(a);
+        report.reason = reason;
+        if !eligible {
+            report.timings.decode_ms = ms(started);
+            return (report, None);
+        }
+        let stored = match file.stored_image(&self.limits) {
+            Ok(s) => s,
+            Err(e) => {
+                report.reason = format!("undecodable: {e}");
+                report.timings.decode_ms = ms(started);
+                return (report, None);
+            }
+        };
+        let (grey, voi) = decode::to_grey(&stored);
+        report.timings.decode_ms = ms(started);
+        let started = Instant::now();
+        let seg = &self.engine.segmenter.info;
+        let cls = &self.engine.classifier.info;
+        let grey_segmenter = preprocess::resize(&grey, seg.input_size, seg.input_size);
+        let grey_classifier = if cls.input_size == seg.input_size {
+            grey_segmenter.clone()
+        } else {
+            preprocess::resize(&grey, cls.input_size, cls.input_size)
+        };
+        let mut classifier_input = Vec::with_capacity(3 * cls.input_size * cls.input_size);
+        preprocess::normalise_into(
+            &grey_classifier.pixels,
+            &cls.mean,
+            &cls.std,
+            &mut classifier_input,
+        );
+        report.timings.preprocess_ms = ms(started);
+        report.eligible = true;
+        let ready = Prepared {
+            index,
+            grey_segmenter,
+            classifier_input,
+            spacing: a.pixel_spacing,
+            rows: stored.rows,
+            columns: stored.columns,
+            voi,
+        };
+        (report, Some(ready))
+    }
+
+    fn run_models(
+        &mut self,
+        batch: &[Prepared],
+        reports: &mut [ImageReport],
+    ) -> Result<(), InferError> {
+        let n = batch.len();
+        let seg = self.engine.segmenter.info.clone();
+        let cls = self.engine.classifier.info.clone();
+        let s = seg.input_size;
+        let mut seg_input = Vec::with_capacity(n * s * s);
+        for p in batch {
+            seg_input.extend_from_slice(&p.grey_segmenter.pixels);
+        }
+        let started = Instant::now();
+        let masks = self.engine.segment(&seg_input, n)?;
+        let segment_ms = ms(started) / n as f64;
+
+        let started = Instant::now();
+        let k = cls.mask_size.unwrap_or(cls.input_size);
+        let plane = s * s;
+        let per_image = masks.channels * plane;
+        let mut mask_input = Vec::with_capacity(n * 2 * k * k);
+        let mut cls_input = Vec::with_capacity(n * 3 * cls.input_size * cls.input_size);
+        for (i, p) in batch.iter().enumerate() {
+            let m = &masks.data[i * per_image..(i + 1) * per_image];
+            let (left, right, heart) =
+                (&m[..plane], &m[plane..2 * plane], &m[2 * plane..3 * plane]);
+            preprocess::classifier_masks_into(left, right, heart, s, k, &mut mask_input);
+            cls_input.extend_from_slice(&p.classifier_input);
+        }
+        let mask_prep_ms = ms(started) / n as f64;
+
+        let started = Instant::now();
+        let out = self.engine.classify(&cls_input, &mask_input, n)?;
+        let classify_ms = ms(started) / n as f64;
+
+        let labels = cls.labels.len();
+        let (mh, mw) = out.map_size;
+        let trained = seg.trained && cls.trained;
+        let provider = self.engine.provider_summary();
+        for (i, p) in batch.iter().enumerate() {
+            let probs = &out.probabilities[i * labels..(i + 1) * labels];
+            let m = &masks.data[i * per_image..(i + 1) * per_image];
+            let report = &mut reports[p.index];
+            report.timings.segment_ms = segment_ms;
+            report.timings.classify_ms = classify_ms;
+            report.timings.preprocess_ms += mask_prep_ms;
+            report.probabilities = Some(LabelMap(
+                cls.labels
+                    .iter()
+                    .cloned()
+                    .zip(probs.iter().copied())
+                    .collect(),
+            ));
+            report.findings = Some(Findings {
+                calls: LabelMap(
+                    cls.labels
+                        .iter()
+                        .zip(probs.iter().zip(&cls.thresholds))
+                        .map(|(l, (&pr, &t))| {
+                            (
+                                l.clone(),
+                                if pr >= t { Call::Present } else { Call::Absent },
+                            )
+                        })
+                        .collect(),
+                ),
+                thresholds: LabelMap(
+                    cls.labels
+                        .iter()
+                        .cloned()
+                        .zip(cls.thresholds.iter().copied())
+                        .collect(),
+                ),
+                anatomy: measure(m, s, p.rows, p.columns, p.spacing),
+                voi: p.voi.clone(),
+                segmenter: ModelTag {
+                    name: seg.model_name.clone(),
+                    version: seg.model_version.clone(),
+                    trained: seg.trained,
+                },
+                classifier: ModelTag {
+                    name: cls.model_name.clone(),
+                    version: cls.model_version.clone(),
+                    trained: cls.trained,
+                },
+                provider: provider.clone(),
+                trained,
+                warning: (!trained).then(|| UNTRAINED_WARNING.to_string()),
+                masks: m.to_vec(),
+                class_maps: out.class_maps[i * labels * mh * mw..(i + 1) * labels * mh * mw]
+                    .to_vec(),
+                class_map_size: (mh, mw),
+                grey: p.grey_segmenter.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Organ areas and the cardiothoracic ratio from segmenter masks `[C,S,S]` (channels
+/// left_lung, right_lung, heart first) of an image of `rows`×`columns` original pixels.
+pub fn measure(
+    masks: &[f32],
+    s: usize,
+    rows: usize,
+    columns: usize,
+    spacing: Option<PixelSpacing>,
+) -> Anatomy {
+    let plane = s * s;
+    let on = |c: usize, i: usize| masks[c * plane + i] > MASK_THRESHOLD;
+    // Each S×S pixel covers (rows/S × row spacing) by (columns/S × column spacing) mm.
+    let pixel_mm2 = spacing.map(|sp| {
+        (rows as f64 / s as f64 * sp.row_mm) * (columns as f64 / s as f64 * sp.column_mm)
+    });
+    let area = |count: u64| Area {
+        pixels: count,
+        fraction: count as f64 / plane as f64,
+        mm2: pixel_mm2.map(|a| a * count as f64),
+    };
+    let count = |c: usize| (0..plane).filter(|&i| on(c, i)).count() as u64;
+    let (left, right, heart) = (count(0), count(1), count(2));
+    let widest = |pred: &dyn Fn(usize) -> bool| -> usize {
+        (0..s)
+            .filter_map(|y| {
+                let first = (0..s).find(|&x| pred(y * s + x))?;
+                let last = (0..s).rev().find(|&x| pred(y * s + x))?;
+                Some(last - first + 1)
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let heart_width = widest(&|i| on(2, i));
+    let thorax_width = widest(&|i| on(0, i) || on(1, i));
+    Anatomy {
+        left_lung: area(left),
+        right_lung: area(right),
+        lungs: area(left + right),
+        heart: area(heart),
+        cardiothoracic_ratio: (heart_width > 0 && thorax_width > 0)
+            .then(|| heart_width as f64 / thorax_width as f64),
+        pixel_spacing: spacing,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctr_and_areas_from_masks() {
+        let s = 8;
+        let mut m = vec![0f32; 3 * s * s];
+        // Left lung columns 1..=2, right lung columns 5..=6, rows 1..=6; heart row 4 columns 3..=5.
+        for y in 1..=6 {
+            for x in [1, 2] {
+                m[y * s + x] = 0.9;
+            }
+            for x in [5, 6] {
+                m[s * s + y * s + x] = 0.9;
+            }
+        }
+        for x in 3..=5 {
+            m[2 * s * s + 4 * s + x] = 0.9;
+        }
+        let sp = PixelSpacing {
+            row_mm: 0.5,
+            column_mm: 0.25,
+            source: "PixelSpacing",
+        };
+        let a = measure(&m, s, 16, 32, Some(sp));
+        assert_eq!(a.left_lung.pixels, 12);
+        assert_eq!(a.heart.pixels, 3);
+        // Thorax 1..=6 → 6 wide; heart 3 wide.
+        assert_eq!(a.cardiothoracic_ratio, Some(0.5));
+        // Each mask pixel: (16/8·0.5) × (32/8·0.25) = 1 mm².
+        assert_eq!(a.heart.mm2, Some(3.0));
+        assert!(
+            measure(&vec![0.0; 3 * s * s], s, 8, 8, None)
+                .cardiothoracic_ratio
+                .is_none()
+        );
+    }
+}
