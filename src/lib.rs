@@ -10,6 +10,7 @@
 //! - [`ingest`]: wires receive → spool → database; Success only once both are durable.
 //! - [`daemon`]: start-up order, signals, drain.
 //! - [`report`]: the DICOM SR (TID 1500 Imaging Measurement Report) built from the findings.
+//! - [`outbox`]: the SR archive and the durable outbox that sends each SR to every destination.
 //! - [`telemetry`]: tracing set-up (text or JSON); no patient data is ever logged.
 //! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and a liveness-tied watchdog.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod ingest;
+pub mod outbox;
 pub mod report;
 pub mod scp;
 pub mod spool;
