@@ -53,6 +53,7 @@ pub struct Config {
     pub log: LogConfig,
     /// Where SRs go (`[[destinations]]`); empty: SRs are archived but sent nowhere.
     pub destinations: Vec<Destination>,
+    pub study: StudyConfig,
     /// The SR archive and the sending policy (`[report]`).
     pub report: ReportConfig,
 }
@@ -227,6 +228,23 @@ pub struct Destination {
     pub calling_ae_title: AeTitle,
 }
 
+/// Study completion and the analysis workers (`[study]`).
+#[derive(Debug, Clone)]
+pub struct StudyConfig {
+    /// A study is ready for analysis when nothing has arrived for this long.
+    pub quiet_period: Duration,
+    /// Analysis workers in this process (each loads the models once); 0: receive only.
+    pub workers: usize,
+    /// Attempts before a job is marked failed with its reason.
+    pub max_attempts: u32,
+    /// How long a worker holds a job before another may take it over (a crashed worker's job).
+    pub lease: Duration,
+    /// First retry delay of a failed job; doubled per attempt, at most 10 minutes.
+    pub retry_base: Duration,
+    /// How often an idle worker looks for ready studies.
+    pub poll_interval: Duration,
+}
+
 /// The SR archive and how the outbox sends (`[report]`).
 #[derive(Debug, Clone)]
 pub struct ReportConfig {
@@ -252,6 +270,8 @@ pub struct ReportConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(default)]
+    study: RawStudy,
     #[serde(default)]
     dicom: RawDicom,
     #[serde(default)]
@@ -304,6 +324,41 @@ struct RawDicom {
     write_timeout_secs: Option<f64>,
     max_dataset_mb: Option<f64>,
     accepted_sop_classes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStudy {
+    quiet_period_secs: Option<f64>,
+    workers: Option<i64>,
+    max_attempts: Option<i64>,
+    lease_secs: Option<f64>,
+    retry_base_secs: Option<f64>,
+    poll_interval_secs: Option<f64>,
+}
+
+impl RawStudy {
+    fn validate(self) -> Result<StudyConfig, ConfigError> {
+        let workers = self.workers.unwrap_or(1);
+        if !(0..=64).contains(&workers) {
+            return Err(invalid("study.workers", format!("{workers} is out of range 0..=64")));
+        }
+        Ok(StudyConfig {
+            quiet_period: seconds(
+                "study.quiet_period_secs",
+                self.quiet_period_secs.unwrap_or(10.0),
+            )?,
+            workers: workers as usize,
+            max_attempts: positive("study.max_attempts", self.max_attempts.unwrap_or(5), 100)?
+                as u32,
+            lease: seconds("study.lease_secs", self.lease_secs.unwrap_or(600.0))?,
+            retry_base: seconds("study.retry_base_secs", self.retry_base_secs.unwrap_or(5.0))?,
+            poll_interval: seconds(
+                "study.poll_interval_secs",
+                self.poll_interval_secs.unwrap_or(1.0),
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -463,6 +518,7 @@ impl RawConfig {
             log: self.log.validate()?,
             destinations,
             report,
+            study: self.study.validate()?,
         })
     }
 }

@@ -8,9 +8,11 @@
 //! - [`spool`]: durable file storage behind the [`spool::Storage`] interface.
 //! - [`db`]: PostgreSQL pool, migrations, queries.
 //! - [`ingest`]: wires receive → spool → database; Success only once both are durable.
+//! - [`worker`]: study completion → job → decode + infer → findings → SR → outbox.
 //! - [`daemon`]: start-up order, signals, drain.
 //! - [`report`]: the DICOM SR (TID 1500 Imaging Measurement Report) built from the findings.
 //! - [`pipeline`]: decode, eligibility, preprocessing, ONNX inference and measurements.
+//! - [`outbox`]: the SR archive and the durable outbox that sends each SR to every destination.
 //! - [`telemetry`]: tracing set-up (text or JSON); no patient data is ever logged.
 //! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and a liveness-tied watchdog.
 
@@ -18,9 +20,11 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod ingest;
-pub mod report;
+pub mod outbox;
 pub mod pipeline;
+pub mod report;
 pub mod scp;
 pub mod spool;
 pub mod systemd;
 pub mod telemetry;
+pub mod worker;

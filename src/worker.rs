@@ -14,6 +14,7 @@ use dicom_object::{InMemDicomObject, OpenFileOptions};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Destination;
 use crate::db::analysis::{self, AnalysedInstance, AnalysisRow, LabelRow, NewReport};
 use crate::db::jobs::{self, Job};
 use crate::outbox;
@@ -39,6 +40,8 @@ pub struct WorkerSettings {
     pub retry_base: Duration,
     /// Where SRs are written before they are queued for sending.
     pub archive_dir: PathBuf,
+    /// Where each SR is sent (one outbox row per destination).
+    pub destinations: Vec<Destination>,
     /// This worker's name in leases (host:pid:n).
     pub owner: String,
 }
@@ -228,7 +231,15 @@ async fn process(
         },
     )
     .await?;
-    let queued = outbox::enqueue(&mut tx, study, &built.sop_instance_uid, &archive).await?;
+    let queued = outbox::enqueue(
+        &mut tx,
+        study,
+        &built.sop_instance_uid,
+        &archive_path,
+        &s.destinations,
+    )
+    .await
+    .map_err(|e| JobError::Report(format!("cannot queue the SR: {e}")))?;
     if !jobs::complete(&mut tx, job.id, &s.owner).await? {
         return Err(JobError::LeaseLost);
     }

@@ -1,7 +1,9 @@
 //! PostgreSQL: the pool, the embedded migrations, and one module per table group.
 //! The database is the index of the spool and the job queue shared by every receiver and worker.
 
+pub mod analysis;
 pub mod instances;
+pub mod jobs;
 
 use std::time::Duration;
 

@@ -7,8 +7,10 @@
 //!
 //! - [`codes`]: every coded concept written, with the finding code and site of each label.
 //! - [`sr`]: the SR builder.
+//! - [`send`]: the C-STORE SCU that delivers an SR to one destination.
 
 pub mod codes;
+pub mod send;
 pub mod sr;
 
 use std::fmt::Write as _;
