@@ -13,7 +13,13 @@ use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::scp::{self, ScpSettings, ScpStats};
 use crate::spool::{LocalSpool, Storage};
+use crate::outbox::{self, OutboxSettings};
+use crate::pipeline::analyse::Analyser;
+use crate::pipeline::decode::DecodeLimits;
+use crate::pipeline::infer::{Engine, EngineOptions};
 use crate::systemd::{Heartbeats, Notifier, Watchdog};
+use crate::worker::{self, WorkerSettings};
+use tokio_util::task::TaskTracker;
 use crate::{db, spool};
 
 /// A start-up failure, naming what could not be set up.
@@ -30,6 +36,8 @@ pub enum StartError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("models (keys models.*): {0}")]
+    Models(#[from] crate::pipeline::infer::InferError),
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Under systemd (`Type=notify`) READY=1 is sent only once
@@ -54,6 +62,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         tracing::info!(swept, "removed staged files left by an earlier run");
     }
     let storage: Arc<dyn Storage> = Arc::new(local);
+    let analysers = load_analysers(&config, &notifier)?;
     let listener = TcpListener::bind(config.dicom.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -75,6 +84,36 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         &notifier,
         &format!("receiving as {} on {addr}", config.dicom.ae_title),
     );
+    let workers = TaskTracker::new();
+    let worker_settings = Arc::new(WorkerSettings {
+        quiet_period: config.study.quiet_period,
+        lease: config.study.lease,
+        max_attempts: config.study.max_attempts,
+        poll_interval: config.study.poll_interval,
+        retry_base: config.study.retry_base,
+        archive_dir: config.report.archive_dir.clone(),
+        destinations: config.destinations.clone(),
+        owner: String::new(),
+    });
+    for (n, analyser) in analysers.into_iter().enumerate() {
+        let mut settings = (*worker_settings).clone();
+        settings.owner = format!("{}:{}:{n}", hostname(), std::process::id());
+        let beat = heartbeats.register(format!("worker-{n}"));
+        workers.spawn(worker::run(
+            pool.clone(),
+            storage.clone(),
+            analyser,
+            Arc::new(settings),
+            shutdown.clone(),
+            move || beat.beat(),
+        ));
+    }
+    workers.spawn(outbox::run(
+        pool.clone(),
+        Arc::new(OutboxSettings::from_config(&config)),
+        shutdown.clone(),
+    ));
+    workers.close();
     let ingest = Arc::new(Ingest::new(pool.clone(), storage));
     scp::run(
         listener,
@@ -85,9 +124,36 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         move || receive_beat.beat(),
     )
     .await;
+    // the receiver has drained; workers finish the job in hand
+    workers.wait().await;
     pool.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One analyser (ONNX Runtime sessions) per worker; a model that breaks the contract stops
+/// start-up with the mismatch named.
+fn load_analysers(config: &Config, notifier: &Notifier) -> Result<Vec<Analyser>, StartError> {
+    let mut analysers = Vec::with_capacity(config.study.workers);
+    for _ in 0..config.study.workers {
+        notify_status(notifier, "loading models");
+        let engine = Engine::load(&EngineOptions::from(&config.models))?;
+        analysers.push(Analyser {
+            engine,
+            limits: DecodeLimits {
+                max_file_bytes: config.dicom.max_dataset_bytes as u64 + 65_536,
+                ..DecodeLimits::default()
+            },
+            batch_size: config.models.batch_size,
+        });
+    }
+    Ok(analysers)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Apply migrations, retrying while the database cannot be reached (it may start after us).

@@ -100,10 +100,45 @@ pub struct Daemon {
 
 pub const AE: &str = "CXR_TEST";
 
-/// Write a config for a daemon on 127.0.0.1:0 with its spool in `dir`; `extra` is appended to
-/// the `[dicom]` section.
+/// The ONNX Runtime library of the project's Python environment.
+pub fn ort_library() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| {
+        root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1")
+    })
+}
+
+/// `[models]` with the tiny conforming models on the CPU.
+pub fn tiny_models_section() -> String {
+    format!(
+        r#"
+[models]
+onnxruntime_library = "{}"
+segmenter = "{}"
+classifier = "{}"
+execution_providers = ["cpu"]
+intra_threads = 1
+"#,
+        ort_library().display(),
+        root().join("onnx/tiny/anatomy-segmenter.onnx").display(),
+        root().join("onnx/tiny/anatomy-xnet.onnx").display(),
+    )
+}
+
+/// Write a config for a receive-only daemon (no analysis workers) on 127.0.0.1:0 with its spool
+/// in `dir`; `dicom_extra` is appended to the `[dicom]` section.
 pub fn write_config(dir: &Path, db_url: &str, dicom_extra: &str) -> PathBuf {
+    write_config_with(dir, db_url, dicom_extra, "[study]\nworkers = 0\n")
+}
+
+/// Write a config; `sections` is appended (e.g. `[study]`, `[[destinations]]`, `[report]`).
+/// The tiny models are configured unless `sections` has a `[models]` of its own.
+pub fn write_config_with(dir: &Path, db_url: &str, dicom_extra: &str, sections: &str) -> PathBuf {
     let path = dir.join("cxr-worker.toml");
+    let models = if sections.contains("[models]") {
+        String::new()
+    } else {
+        tiny_models_section()
+    };
     let text = format!(
         r#"
 [dicom]
@@ -122,6 +157,8 @@ dir = "spool"
 [log]
 level = "info,cxr_worker=debug"
 format = "json"
+{models}
+{sections}
 "#
     );
     std::fs::write(&path, text).unwrap();
