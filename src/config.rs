@@ -341,7 +341,10 @@ impl RawStudy {
     fn validate(self) -> Result<StudyConfig, ConfigError> {
         let workers = self.workers.unwrap_or(1);
         if !(0..=64).contains(&workers) {
-            return Err(invalid("study.workers", format!("{workers} is out of range 0..=64")));
+            return Err(invalid(
+                "study.workers",
+                format!("{workers} is out of range 0..=64"),
+            ));
         }
         Ok(StudyConfig {
             quiet_period: seconds(

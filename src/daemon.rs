@@ -11,16 +11,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::ingest::Ingest;
-use crate::scp::{self, ScpSettings, ScpStats};
-use crate::spool::{LocalSpool, Storage};
 use crate::outbox::{self, OutboxSettings};
 use crate::pipeline::analyse::Analyser;
 use crate::pipeline::decode::DecodeLimits;
 use crate::pipeline::infer::{Engine, EngineOptions};
+use crate::scp::{self, ScpSettings, ScpStats};
+use crate::spool::{LocalSpool, Storage};
 use crate::systemd::{Heartbeats, Notifier, Watchdog};
 use crate::worker::{self, WorkerSettings};
-use tokio_util::task::TaskTracker;
 use crate::{db, spool};
+use tokio_util::task::TaskTracker;
 
 /// A start-up failure, naming what could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -193,10 +193,7 @@ fn notify_status(notifier: &Notifier, text: &str) {
     }
 }
 
-fn spawn_signal_handler(
-    shutdown: CancellationToken,
-    notifier: Notifier,
-) -> Result<(), StartError> {
+fn spawn_signal_handler(shutdown: CancellationToken, notifier: Notifier) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;

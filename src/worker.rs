@@ -121,7 +121,10 @@ async fn one_pass(
             tracing::info!(job_id = job.id, study_instance_uid = %job.study_instance_uid, %summary, "job done");
         }
         Err(JobError::LeaseLost) => {
-            tracing::warn!(job_id = job.id, "lease lost: leaving the job to its new owner");
+            tracing::warn!(
+                job_id = job.id,
+                "lease lost: leaving the job to its new owner"
+            );
         }
         Err(e) if job.attempts as u32 >= s.max_attempts => {
             tracing::error!(job_id = job.id, study_instance_uid = %job.study_instance_uid, error = %e, "job failed for good");
@@ -257,7 +260,9 @@ async fn run_models(
     paths: Vec<PathBuf>,
 ) -> Result<Vec<ImageReport>, JobError> {
     let Some(mut a) = analyser.take() else {
-        return Err(JobError::Inference("the models failed to come back from a previous run".into()));
+        return Err(JobError::Inference(
+            "the models failed to come back from a previous run".into(),
+        ));
     };
     let (a, result) = tokio::task::spawn_blocking(move || {
         let mut out = Vec::with_capacity(paths.len());
@@ -314,7 +319,9 @@ async fn read_source(storage: &Arc<dyn Storage>, key: &str) -> Result<SourceStud
     let key = SpoolKey::parse(key).map_err(|e| JobError::Spool(e.to_string()))?;
     let storage = storage.clone();
     tokio::task::spawn_blocking(move || {
-        let bytes = storage.read(&key).map_err(|e| JobError::Spool(e.to_string()))?;
+        let bytes = storage
+            .read(&key)
+            .map_err(|e| JobError::Spool(e.to_string()))?;
         let obj = OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
             .from_reader(bytes.get(128..).unwrap_or_default())

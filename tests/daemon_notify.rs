@@ -14,7 +14,9 @@ fn messages_until(socket: &UnixDatagram, want: &str, within: Duration) -> Vec<St
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
-        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         if let Ok(n) = socket.recv(&mut buf) {
             let m = String::from_utf8_lossy(&buf[..n]).to_string();
             let done = m.contains(want);
@@ -37,11 +39,16 @@ async fn ready_after_bind_watchdog_while_alive_stopping_on_sigterm() {
     let mut d = Daemon::start_env(
         dir.clone(),
         config,
-        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000")],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
     );
     let before_ready = messages_until(&manager, "READY=1", Duration::from_secs(30));
     assert!(
-        before_ready.iter().any(|m| m.contains("STATUS=applying database migrations")),
+        before_ready
+            .iter()
+            .any(|m| m.contains("STATUS=applying database migrations")),
         "{before_ready:?}"
     );
     // READY came after the port was bound: the daemon answers right away

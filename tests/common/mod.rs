@@ -102,9 +102,13 @@ pub const AE: &str = "CXR_TEST";
 
 /// The ONNX Runtime library of the project's Python environment.
 pub fn ort_library() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| {
-        root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1")
-    })
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            root().join(
+                ".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1",
+            )
+        })
 }
 
 /// `[models]` with the tiny conforming models on the CPU.

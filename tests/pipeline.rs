@@ -1,0 +1,321 @@
+//! Receive → analyse → report → send, end to end: the real daemon with the tiny conforming
+//! models, DCMTK storescp as the PACS that receives the SRs, validators on every SR.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sqlx::PgPool;
+
+/// DCMTK storescp as the destination PACS, on 127.0.0.1 only (it listens on all interfaces: the
+/// tests send to loopback only).
+struct StoreScp {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl StoreScp {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("storescp")
+            .args(["-aet", "PACS", "-od"])
+            .arg(&dir)
+            .args(["+xa", "-uf", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "storescp did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port, dir }
+    }
+
+    fn received(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(db: &TestDb, pacs: &StoreScp) -> Daemon {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sections = format!(
+        r#"
+[study]
+quiet_period_secs = 1
+workers = 1
+poll_interval_secs = 0.2
+
+[report]
+retry_base_secs = 0.5
+
+[[destinations]]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {}
+"#,
+        pacs.port
+    );
+    let config = write_config_with(&dir, &db.url, "", &sections);
+    Daemon::start_with(dir, config)
+}
+
+async fn wait_for(pool: &PgPool, sql: &'static str, want: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
+        if n >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: {n} < {want} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn validate(sr: &Path) -> serde_json::Value {
+    let v = run("dciodvfy", &[sr.to_str().unwrap()]);
+    let out = text(&v);
+    assert!(
+        v.status.code().is_some_and(|c| c < 128),
+        "dciodvfy crashed: {out}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("Error")),
+        "dciodvfy errors in {}:\n{out}",
+        sr.display()
+    );
+    let d = run("dsrdump", &[sr.to_str().unwrap()]);
+    let out = text(&d);
+    assert!(d.status.success(), "dsrdump: {out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("F:")),
+        "dsrdump: {out}"
+    );
+    let h = Command::new(python())
+        .arg(root().join("tests/python/sr_findings.py"))
+        .arg(sr)
+        .output()
+        .unwrap();
+    assert!(h.status.success(), "highdicom read-back: {}", text(&h));
+    serde_json::from_slice(&h.stdout).unwrap()
+}
+
+fn sr_for_study<'a>(
+    srs: &'a [(PathBuf, serde_json::Value)],
+    study: &str,
+) -> Vec<&'a (PathBuf, serde_json::Value)> {
+    srs.iter()
+        .filter(|(_, v)| v["study_instance_uid"] == study)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chest_study_is_analysed_reported_sent_and_revised() {
+    let db = TestDb::create().await;
+    let pacs = StoreScp::start();
+    let d = start(&db, &pacs);
+    let pool = db.pool().await;
+    let chest = fixture("RG1_UNCR.dcm"); // chest CR PA
+    let dx = fixture("966_fixed.dcm"); // chest DX PA, another study
+    let hip = fixture("RG2_RLE.dcm"); // not chest: its study gets a not-analysed report
+    let acks = pynetdicom_send(&d, "MODALITY", 1, &[chest.clone(), dx.clone(), hip.clone()]);
+    assert!(acks.iter().all(|a| a.status == 0), "{acks:?}");
+
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM outbox WHERE state = 'sent'",
+        3,
+        Duration::from_secs(120),
+    )
+    .await;
+
+    // findings: 14 labels per analysed image, a call at the threshold, anatomy measured
+    let analysed: Vec<(String, String, Option<bool>, Option<f64>)> = sqlx::query_as(
+        "SELECT i.sop_instance_uid, i.state, a.trained, a.cardiothoracic_ratio
+         FROM instances i LEFT JOIN analyses a USING (sop_instance_uid) ORDER BY i.received_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(analysed[0].1, "analysed");
+    assert_eq!(analysed[1].1, "analysed");
+    assert_eq!(analysed[0].2, Some(false), "tiny models are untrained");
+    assert_eq!(analysed[2].1, "skipped");
+    let reason: String =
+        sqlx::query_scalar("SELECT state_reason FROM instances WHERE state = 'skipped'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        reason.to_lowercase().contains("chest") || reason.to_lowercase().contains("body"),
+        "{reason}"
+    );
+    let per_label: Vec<(String, i64, bool)> = sqlx::query_as(
+        "SELECT label, count(*), bool_and(present = (probability >= threshold)) FROM findings GROUP BY label",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(per_label.len(), 14);
+    assert!(
+        per_label
+            .iter()
+            .all(|(_, n, consistent)| *n == 2 && *consistent),
+        "{per_label:?}"
+    );
+    let latest: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT report_kind, accession_number FROM latest_results ORDER BY report_kind",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        latest.iter().filter(|r| r.0 == "findings").count(),
+        2,
+        "{latest:?}"
+    );
+    assert_eq!(
+        latest.iter().filter(|r| r.0 == "not_analysed").count(),
+        1,
+        "{latest:?}"
+    );
+
+    // every SR that reached the PACS passes the validators and says what the database says
+    let srs: Vec<(PathBuf, serde_json::Value)> = pacs
+        .received()
+        .into_iter()
+        .map(|p| {
+            let v = validate(&p);
+            (p, v)
+        })
+        .collect();
+    assert_eq!(srs.len(), 3);
+    let chest_study = sop_field(&chest, "0020,000d");
+    let chest_sop = sop_field(&chest, "0008,0018");
+    let mine = sr_for_study(&srs, &chest_study);
+    assert_eq!(mine.len(), 1);
+    let sr = &mine[0].1;
+    assert_eq!(sr["sop_class_uid"], "1.2.840.10008.5.1.4.1.1.88.34");
+    assert_eq!(sr["evidence"], serde_json::json!([chest_sop]));
+    let rows: Vec<(String, f32, bool)> = sqlx::query_as(
+        "SELECT label, probability, present FROM findings WHERE sop_instance_uid = $1 ORDER BY label_index",
+    )
+    .bind(&chest_sop)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let found = sr["findings"].as_array().unwrap();
+    assert_eq!(found.len(), 14);
+    for (label, p, present) in &rows {
+        let coding = cxr_worker::report::codes::coding_for_label(label).unwrap();
+        let f = found
+            .iter()
+            .find(|f| f["code"] == coding.finding.value && f["scheme"] == coding.finding.scheme)
+            .unwrap_or_else(|| panic!("{label} not in the SR"));
+        assert!(
+            (f["probability"].as_f64().unwrap() - *p as f64).abs() < 1e-5,
+            "{label}"
+        );
+        assert_eq!(f["present"].as_bool().unwrap(), *present, "{label}");
+        assert_eq!(f["image"], chest_sop.as_str());
+    }
+    assert!(
+        sr["texts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap().contains("UNTRAINED"))
+    );
+    let hip_study = sop_field(&hip, "0020,000d");
+    let hip_sr = &sr_for_study(&srs, &hip_study)[0].1;
+    assert!(
+        hip_sr["texts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap().starts_with("not analysed")),
+        "{hip_sr}"
+    );
+
+    // a late image of the chest study: a revised SR that names its predecessor
+    let first_sr = sr["predecessor"].clone();
+    assert_eq!(first_sr, serde_json::json!([]));
+    let first_uid: String =
+        sqlx::query_scalar("SELECT sr_sop_instance_uid FROM reports WHERE study_instance_uid = $1")
+            .bind(&chest_study)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let late = fixture("RG1_J2KR.dcm"); // same study, another instance
+    assert_eq!(sop_field(&late, "0020,000d"), chest_study);
+    let acks = pynetdicom_send(&d, "MODALITY", 1, &[late.clone()]);
+    assert_eq!(acks[0].status, 0);
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM outbox WHERE state = 'sent'",
+        4,
+        Duration::from_secs(120),
+    )
+    .await;
+    let srs: Vec<(PathBuf, serde_json::Value)> = pacs
+        .received()
+        .into_iter()
+        .map(|p| {
+            let v = validate(&p);
+            (p, v)
+        })
+        .collect();
+    let revised: Vec<_> = sr_for_study(&srs, &chest_study)
+        .into_iter()
+        .filter(|(_, v)| v["instance_number"] == 2)
+        .collect();
+    assert_eq!(revised.len(), 1);
+    assert_eq!(revised[0].1["predecessor"], serde_json::json!([first_uid]));
+    assert_eq!(revised[0].1["evidence"].as_array().unwrap().len(), 2);
+
+    // no patient names or IDs in the logs
+    let log = d.log_text();
+    for f in [&chest, &dx, &hip, &late] {
+        for tag in ["0010,0010", "0010,0020"] {
+            let v = sop_field(f, tag);
+            if v.len() > 2 {
+                assert!(!log.contains(&v), "{tag} of {} in the log", f.display());
+            }
+        }
+    }
+}
+
+/// A value from a fixture's data set, via DCMTK.
+fn sop_field(path: &Path, tag: &str) -> String {
+    let o = run("dcmdump", &["-q", "+P", tag, path.to_str().unwrap()]);
+    String::from_utf8_lossy(&o.stdout)
+        .split(['[', ']'])
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
