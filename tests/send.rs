@@ -780,3 +780,38 @@ async fn orthanc_refuses_an_unknown_calling_ae_and_the_row_fails_visibly() {
     assert!(err.contains("association rejected (permanent)"), "{err}");
     assert_eq!(pacs.get("/instances").as_array().unwrap().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_rides_out_a_database_outage() {
+    let pg = common::PrivatePg::start();
+    let db = TestDb::create_on(&pg.admin_url()).await;
+    let pool = migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(); // the destination is down too, at first
+    let dests = [destination("storescp", "STORESCP", port)];
+    let sr = real_sr(30);
+    let study = study_uid(&sr);
+    archive_and_enqueue(&pool, &dir.path().join("archive"), &sr, &dests).await;
+    let sender = spawn_sender(&pool, &settings(dests.to_vec(), 200, 400, 0));
+    wait_rows(&pool, &study, Duration::from_secs(20), |r| {
+        r[0].attempts >= 1
+    })
+    .await;
+
+    pg.pg_stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !sender.handle.is_finished(),
+        "the sender must survive the outage"
+    );
+    let scp = StoreScp::start(port, &dir.path().join("in"), &["+B"]);
+    pg.pg_start();
+
+    let r = wait_rows(&pool, &study, Duration::from_secs(60), |r| {
+        r[0].state == "sent"
+    })
+    .await;
+    sender.stop().await;
+    assert_eq!(r[0].last_status, Some(0));
+    assert_eq!(scp.files().len(), 1, "{}", scp.log());
+}
