@@ -335,10 +335,17 @@ pub async fn run(pool: PgPool, settings: Arc<OutboxSettings>, shutdown: Cancella
     tracing::info!(lease_owner = %owner, "outbox sender stopped");
 }
 
+/// A listener on [`CHANNEL`], or `None` while the database cannot be reached (polling goes on).
 async fn listen(pool: &PgPool) -> Option<PgListener> {
-    let mut l = PgListener::connect_with(pool).await.ok()?;
-    l.listen(CHANNEL).await.ok()?;
-    Some(l)
+    let connect = async {
+        let mut l = PgListener::connect_with(pool).await.ok()?;
+        l.listen(CHANNEL).await.ok()?;
+        Some(l)
+    };
+    tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Wait for a notification; false when the listener broke (then wait forever: the sleep
