@@ -11,6 +11,8 @@
 # Env: GPU_VENV (default var/gpu-venv), MODELS (default onnx: the full-size 512² models),
 # PYTHON3 (interpreter for the venv, default python3), SKIP_BUILD=1 to use an existing
 # target/release/cxr-worker, BATCHES, PASSES, TRT_CACHE (default var/trt-cache).
+# WHEELHOUSE=DIR installs offline from wheels fetched earlier with
+#   scripts/gpu-bench.sh download DIR      (on a machine that reaches PyPI; ≈ 4 GB)
 # Nothing here needs root. The first TensorRT run of each batch shape builds an engine (minutes);
 # it lands in TRT_CACHE and is excluded from the timings (warm-up pass).
 set -euo pipefail
@@ -23,21 +25,34 @@ PASSES=${PASSES:-3}
 TRT_CACHE=$(realpath -m "${TRT_CACHE:-var/trt-cache}")
 PYTHON3=${PYTHON3:-python3}
 
+WHEELS=(
+  "onnxruntime-gpu==1.31.1"
+  "nvidia-cuda-runtime>=13,<14" "nvidia-cublas>=13,<14" "nvidia-cuda-nvrtc>=13,<14"
+  "nvidia-nvjitlink>=13,<14" "nvidia-cufft>=12,<13" "nvidia-curand>=10.4,<11"
+  "nvidia-cudnn-cu13>=9,<10"
+  "tensorrt-cu13-libs>=10,<11"
+  "numpy"
+)
+if [[ "${1:-}" == download ]]; then
+  dest=${2:?usage: scripts/gpu-bench.sh download DIR}
+  "$PYTHON3" -m pip download --only-binary=:all: --platform manylinux_2_28_x86_64 \
+    --python-version "$("$PYTHON3" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')" \
+    -d "$dest" "${WHEELS[@]}"
+  exit 0
+fi
+
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
   || echo "warning: nvidia-smi not found; the providers will fall back to CPU" >&2
 
 if [[ ! -x "$GPU_VENV/bin/python" ]]; then
   "$PYTHON3" -m venv "$GPU_VENV"
 fi
-"$GPU_VENV/bin/pip" install --quiet --upgrade pip
 # ONNX Runtime GPU 1.31.1 is built for CUDA 13 / cuDNN 9; its TensorRT provider wants TensorRT 10.
-"$GPU_VENV/bin/pip" install --quiet \
-  "onnxruntime-gpu==1.31.1" \
-  "nvidia-cuda-runtime>=13,<14" "nvidia-cublas>=13,<14" "nvidia-cuda-nvrtc>=13,<14" \
-  "nvidia-nvjitlink>=13,<14" "nvidia-cufft>=12,<13" "nvidia-curand>=10.4,<11" \
-  "nvidia-cudnn-cu13>=9,<10" \
-  "tensorrt-cu13-libs>=10,<11" \
-  "numpy"
+if [[ -n "${WHEELHOUSE:-}" ]]; then
+  "$GPU_VENV/bin/pip" install --quiet --no-index --find-links "$WHEELHOUSE" "${WHEELS[@]}"
+else
+  "$GPU_VENV/bin/pip" install --quiet "${WHEELS[@]}"
+fi
 
 site=$("$GPU_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 ORT_LIB=$(ls "$site"/onnxruntime/capi/libonnxruntime.so.1.31.1)

@@ -467,77 +467,23 @@ pub fn stored_values(
 /// Apply the modality LUT, the VOI and the MONOCHROME1 inversion: a grey image in [0, 1].
 pub fn to_grey(image: &StoredImage) -> (GreyImage, Voi) {
     let (slope, intercept) = (image.rescale_slope, image.rescale_intercept);
-    let modality = |v: i32| slope * f64::from(v) + intercept;
+    let modality = move |v: i32| slope * f64::from(v) + intercept;
+    // Stored values span at most 2^16 integers: the whole mapping is computed once per distinct
+    // value (a table over [lo, hi]) and looked up per pixel — the same arithmetic, done once.
+    let (lo, hi) = image
+        .values
+        .iter()
+        .fold((i32::MAX, i32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = if lo > hi { (0, 0) } else { (lo, hi) };
     let voi = image.voi.clone().unwrap_or_else(|| {
-        let (min, max) =
-            image
-                .values
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                    let m = modality(v);
-                    (lo.min(m), hi.max(m))
-                });
-        Voi::MinMax { min, max }
+        // The modality LUT is linear: the extremes of m are at the extremes of v.
+        let (a, b) = (modality(lo), modality(hi));
+        Voi::MinMax {
+            min: a.min(b),
+            max: a.max(b),
+        }
     });
-    let invert = image.monochrome1;
-    let finish = |y: f64| -> f32 {
-        let y = y.clamp(0.0, 1.0);
-        (if invert { 1.0 - y } else { y }) as f32
-    };
-    let pixels = match &voi {
-        Voi::Window {
-            center,
-            width,
-            function,
-        } => {
-            let (c, w) = (*center, *width);
-            let f: Box<dyn Fn(f64) -> f64> = match function {
-                // PS3.3 C.11.2.1.2.1: ((x − (c − 0.5)) / (w − 1) + 0.5), clamped.
-                VoiFunction::Linear if w > 1.0 => {
-                    Box::new(move |x| (x - (c - 0.5)) / (w - 1.0) + 0.5)
-                }
-                VoiFunction::Linear => Box::new(move |x| if x <= c - 0.5 { 0.0 } else { 1.0 }),
-                VoiFunction::LinearExact => Box::new(move |x| (x - c) / w + 0.5),
-                VoiFunction::Sigmoid => Box::new(move |x| 1.0 / (1.0 + (-4.0 * (x - c) / w).exp())),
-            };
-            image
-                .values
-                .iter()
-                .map(|&v| finish(f(modality(v))))
-                .collect()
-        }
-        Voi::Lut {
-            first_mapped,
-            bits,
-            table,
-        } => {
-            let top = ((1u32 << bits) - 1) as f64;
-            let last = table.len() as i64 - 1;
-            image
-                .values
-                .iter()
-                .map(|&v| {
-                    let index =
-                        (modality(v).round() as i64 - i64::from(*first_mapped)).clamp(0, last);
-                    finish(f64::from(table[index as usize]) / top)
-                })
-                .collect()
-        }
-        Voi::MinMax { min, max } => {
-            let range = max - min;
-            image
-                .values
-                .iter()
-                .map(|&v| {
-                    finish(if range > 0.0 {
-                        (modality(v) - min) / range
-                    } else {
-                        0.0
-                    })
-                })
-                .collect()
-        }
-    };
+    let pixels = grey_pixels(image, &voi, lo, hi);
     (
         GreyImage {
             width: image.columns,
@@ -546,6 +492,63 @@ pub fn to_grey(image: &StoredImage) -> (GreyImage, Voi) {
         },
         voi,
     )
+}
+
+/// Map every stored value through modality LUT, VOI, clamp and inversion, via a table over
+/// `[lo, hi]` when the range is small (always, for BitsStored ≤ 16).
+fn grey_pixels(image: &StoredImage, voi: &Voi, lo: i32, hi: i32) -> Vec<f32> {
+    let (slope, intercept) = (image.rescale_slope, image.rescale_intercept);
+    let map = voi_function(voi);
+    let invert = image.monochrome1;
+    let grey_of = |v: i32| -> f32 {
+        let y = map(slope * f64::from(v) + intercept).clamp(0.0, 1.0);
+        (if invert { 1.0 - y } else { y }) as f32
+    };
+    if i64::from(hi) - i64::from(lo) < (1 << 17) {
+        let table: Vec<f32> = (lo..=hi).map(grey_of).collect();
+        image.values.iter().map(|&v| table[(v - lo) as usize]).collect()
+    } else {
+        image.values.iter().map(|&v| grey_of(v)).collect()
+    }
+}
+
+/// The VOI transformation of a modality value `m`, before clamping to [0, 1].
+fn voi_function(voi: &Voi) -> Box<dyn Fn(f64) -> f64 + '_> {
+    match voi {
+        Voi::Window {
+            center: c,
+            width: w,
+            function,
+        } => {
+            let (c, w) = (*c, *w);
+            match function {
+                // PS3.3 C.11.2.1.2.1: ((x − (c − 0.5)) / (w − 1) + 0.5), clamped.
+                VoiFunction::Linear if w > 1.0 => {
+                    Box::new(move |x| (x - (c - 0.5)) / (w - 1.0) + 0.5)
+                }
+                VoiFunction::Linear => Box::new(move |x| if x <= c - 0.5 { 0.0 } else { 1.0 }),
+                VoiFunction::LinearExact => Box::new(move |x| (x - c) / w + 0.5),
+                VoiFunction::Sigmoid => Box::new(move |x| 1.0 / (1.0 + (-4.0 * (x - c) / w).exp())),
+            }
+        }
+        Voi::Lut {
+            first_mapped,
+            bits,
+            table,
+        } => {
+            let top = ((1u32 << bits) - 1) as f64;
+            let last = table.len() as i64 - 1;
+            let first = i64::from(*first_mapped);
+            Box::new(move |x| {
+                let index = (x.round() as i64 - first).clamp(0, last);
+                f64::from(table[index as usize]) / top
+            })
+        }
+        Voi::MinMax { min, max } => {
+            let (min, range) = (*min, max - min);
+            Box::new(move |x| if range > 0.0 { (x - min) / range } else { 0.0 })
+        }
+    }
 }
 
 #[cfg(test)]
