@@ -273,7 +273,7 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
             .unwrap();
     let late = fixture("RG1_J2KR.dcm"); // same study, another instance
     assert_eq!(sop_field(&late, "0020,000d"), chest_study);
-    let acks = pynetdicom_send(&d, "MODALITY", 1, &[late.clone()]);
+    let acks = pynetdicom_send(&d, "MODALITY", 1, std::slice::from_ref(&late));
     assert_eq!(acks[0].status, 0);
     wait_for(
         &pool,

@@ -506,7 +506,11 @@ fn grey_pixels(image: &StoredImage, voi: &Voi, lo: i32, hi: i32) -> Vec<f32> {
     };
     if i64::from(hi) - i64::from(lo) < (1 << 17) {
         let table: Vec<f32> = (lo..=hi).map(grey_of).collect();
-        image.values.iter().map(|&v| table[(v - lo) as usize]).collect()
+        image
+            .values
+            .iter()
+            .map(|&v| table[(v - lo) as usize])
+            .collect()
     } else {
         image.values.iter().map(|&v| grey_of(v)).collect()
     }
