@@ -36,7 +36,7 @@ models: setup
 install: build
 	scripts/install.sh
 
-demo: setup db build
+demo: setup db build models
 	scripts/demo.sh
 
 clean-db:
