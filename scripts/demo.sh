@@ -124,13 +124,18 @@ psql "$DB" -P pager=off -c "SELECT accession_number, report_kind, positive_label
 psql "$DB" -P pager=off -c "SELECT destination_name, state, attempts, last_status FROM outbox"
 
 say "The SR as Orthanc stored it (dsrdump), and the validators"
-sr=$(orthanc /tools/find -X POST -d '{"Level":"Instance","Query":{"Modality":"SR"},"Expand":true}' |
-  python3 -c 'import json,sys; print(sorted(json.load(sys.stdin), key=lambda i: i["ID"])[0]["ID"])')
+sr_uid=$(psql "$DB" -qAtc "SELECT sr_sop_instance_uid FROM reports WHERE kind = 'findings' ORDER BY id LIMIT 1")
+sr=$(orthanc /tools/find -X POST -d "{\"Level\":\"Instance\",\"Query\":{\"SOPInstanceUID\":\"$sr_uid\"}}" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)[0])')
 orthanc "/instances/$sr/file" > "$DEMO/report-from-orthanc.dcm"
-dsrdump "$DEMO/report-from-orthanc.dcm" | head -n 60
-echo "  ..."
-echo "  dciodvfy errors: $(dciodvfy "$DEMO/report-from-orthanc.dcm" 2>&1 | grep -c '^Error' || true)"
-echo "  dsrdump errors:  $(dsrdump "$DEMO/report-from-orthanc.dcm" 2>&1 | grep -c '^[EF]:' || true)"
+dsrdump "$DEMO/report-from-orthanc.dcm" | head -n 90
+echo "  ... ($(dsrdump "$DEMO/report-from-orthanc.dcm" | wc -l) lines in all)"
+for f in $(orthanc /tools/find -X POST -d '{"Level":"Instance","Query":{"Modality":"SR"}}' | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)))'); do
+  orthanc "/instances/$f/file" > "$DEMO/sr-$f.dcm"
+  printf '  %s: dciodvfy errors %s, dsrdump errors %s\n' "$f" \
+    "$(dciodvfy "$DEMO/sr-$f.dcm" 2>&1 | grep -c '^Error' || true)" \
+    "$(dsrdump "$DEMO/sr-$f.dcm" 2>&1 | grep -c '^[EF]:' || true)"
+done
 
 say "The daemon log (identifiers as UIDs only: no patient names or IDs)"
 grep -E "job done|stored|sent" "$DEMO/cxr-worker.log" | tail -n 8 | cut -c1-220 | sed 's/^/  /'
