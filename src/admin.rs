@@ -87,13 +87,44 @@ pub enum AdminError {
     },
     /// A query failed.
     #[error("database query failed: {0}")]
-    Query(#[from] sqlx::Error),
-    /// Writing to stdout failed.
+    Query(sqlx::Error),
+    /// Writing to stdout failed (a closed pipe included: see [`AdminError::is_broken_pipe`]).
     #[error("cannot write the output: {0}")]
-    Output(#[from] std::io::Error),
+    Output(std::io::Error),
     /// Serialising JSON failed.
     #[error("cannot serialise JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
+}
+
+// The variants carry their cause in the message, not as a `source`, so that `{:#}` at the
+// binary's edge prints it once.
+impl From<sqlx::Error> for AdminError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Query(e)
+    }
+}
+
+impl From<std::io::Error> for AdminError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Output(e)
+    }
+}
+
+impl From<serde_json::Error> for AdminError {
+    fn from(e: serde_json::Error) -> Self {
+        if e.is_io() {
+            Self::Output(e.into())
+        } else {
+            Self::Json(e)
+        }
+    }
+}
+
+impl AdminError {
+    /// The reader of the output went away (`cxr-worker findings | head`): not an error to report.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Self::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
 }
 
 /// Output format of `findings` and `status`.

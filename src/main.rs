@@ -133,11 +133,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cxr-worker: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The reader of stdout went away (`cxr-worker findings | head`): stop quietly.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    if let Some(a) = e.downcast_ref::<admin::AdminError>() {
+        return a.is_broken_pipe();
+    }
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

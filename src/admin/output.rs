@@ -39,6 +39,11 @@ impl Table {
 
     /// Write the header, a rule and the rows, two spaces between columns.
     pub fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        self.write_indented(out, "")
+    }
+
+    /// [`Table::write`] with every line starting with `indent`.
+    pub fn write_indented(&self, out: &mut dyn Write, indent: &str) -> std::io::Result<()> {
         let n = self.headers.len();
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
@@ -58,7 +63,7 @@ impl Table {
                     text.extend(std::iter::repeat_n(' ', pad + 2));
                 }
             }
-            writeln!(out, "{}", text.trim_end())
+            writeln!(out, "{indent}{}", text.trim_end())
         };
         line(&self.headers, out)?;
         let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();

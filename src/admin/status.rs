@@ -273,7 +273,7 @@ fn write_table(s: &Status, out: &mut dyn Write) -> Result<(), AdminError> {
             ]);
         }
         writeln!(out, "  running:")?;
-        t.write(out)?;
+        t.write_indented(out, "  ")?;
     }
     writeln!(out)?;
     writeln!(out, "INSTANCES (received in the last 24 h, by state now)")?;
@@ -294,7 +294,7 @@ fn write_table(s: &Status, out: &mut dyn Write) -> Result<(), AdminError> {
                 f.reason.clone().unwrap_or_default(),
             ]);
         }
-        t.write(out)?;
+        t.write_indented(out, "  ")?;
     }
     writeln!(out)?;
     writeln!(out, "OUTBOX (per destination)")?;
@@ -335,6 +335,6 @@ fn write_table(s: &Status, out: &mut dyn Write) -> Result<(), AdminError> {
             error,
         ]);
     }
-    t.write(out)?;
+    t.write_indented(out, "  ")?;
     Ok(())
 }
