@@ -194,30 +194,7 @@ pub async fn reprocess(pool: &PgPool, study: &str) -> Result<Reprocess, AdminErr
     if !study_exists(pool, study).await? {
         return Err(AdminError::UnknownStudy(study.to_string()));
     }
-    let job_id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO jobs (study_instance_uid, kind) VALUES ($1, 'reprocess')
-         ON CONFLICT (study_instance_uid) WHERE state IN ('queued', 'running') DO NOTHING
-         RETURNING id",
-    )
-    .bind(study)
-    .fetch_optional(pool)
-    .await?;
-    let Some(job_id) = job_id else {
-        let open: Option<(i64, String, String)> = sqlx::query_as(
-            "SELECT id, kind, state FROM jobs
-             WHERE study_instance_uid = $1 AND state IN ('queued', 'running')",
-        )
-        .bind(study)
-        .fetch_optional(pool)
-        .await?;
-        let (id, kind, state) = open.unwrap_or((0, "?".into(), "open".into()));
-        return Err(AdminError::JobOpen {
-            study: study.to_string(),
-            id,
-            kind,
-            state,
-        });
-    };
+    let job_id = open_reprocess_job(pool, study).await?;
     let instances: i64 =
         sqlx::query_scalar("SELECT count(*) FROM instances WHERE study_instance_uid = $1")
             .bind(study)
@@ -255,4 +232,41 @@ impl Reprocess {
             None => writeln!(out, "the study has no SR yet: this will be its first"),
         }
     }
+}
+
+/// Insert the reprocess job; when a job is open, say which. A job that closes between the two
+/// statements makes room: try again.
+async fn open_reprocess_job(pool: &PgPool, study: &str) -> Result<i64, AdminError> {
+    for _ in 0..3 {
+        let created: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO jobs (study_instance_uid, kind) VALUES ($1, 'reprocess')
+             ON CONFLICT (study_instance_uid) WHERE state IN ('queued', 'running') DO NOTHING
+             RETURNING id",
+        )
+        .bind(study)
+        .fetch_optional(pool)
+        .await?;
+        if let Some(id) = created {
+            return Ok(id);
+        }
+        let open: Option<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, kind, state FROM jobs
+             WHERE study_instance_uid = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(study)
+        .fetch_optional(pool)
+        .await?;
+        if let Some((id, kind, state)) = open {
+            return Err(AdminError::JobOpen {
+                study: study.to_string(),
+                id,
+                kind,
+                state,
+            });
+        }
+    }
+    Err(AdminError::Invalid {
+        option: "STUDY_UID",
+        message: format!("jobs for study {study} keep opening and closing: try again"),
+    })
 }
