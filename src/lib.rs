@@ -14,8 +14,10 @@
 //! - [`pipeline`]: decode, eligibility, preprocessing, ONNX inference and measurements.
 //! - [`outbox`]: the SR archive and the durable outbox that sends each SR to every destination.
 //! - [`telemetry`]: tracing set-up (text or JSON); no patient data is ever logged.
+//! - [`admin`]: the admin commands (findings, status, resend, reprocess, check-config).
 //! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and a liveness-tied watchdog.
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod db;
