@@ -7,60 +7,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
 use sqlx::PgPool;
-
-/// DCMTK storescp as the destination PACS (loopback only in these tests).
-struct StoreScp {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl StoreScp {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("storescp")
-            .args(["-aet", "PACS", "-od"])
-            .arg(&dir)
-            .args(["+xa", "-uf", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "storescp did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port, dir }
-    }
-
-    /// The received file of an SR (storescp names files after the SOP Instance UID).
-    fn file_of(&self, sop_uid: &str) -> Option<PathBuf> {
-        std::fs::read_dir(&self.dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.file_name().unwrap().to_string_lossy().contains(sop_uid))
-    }
-}
-
-impl Drop for StoreScp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn daemon_sections(pacs_port: u16) -> String {
     format!(
