@@ -114,7 +114,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         shutdown.clone(),
     ));
     workers.close();
-    let ingest = Arc::new(Ingest::new(pool.clone(), storage));
+    let ingest = Arc::new(
+        Ingest::new(pool.clone(), storage)
+            .max_inflated_bytes(config.dicom.max_dataset_bytes as u64),
+    );
     scp::run(
         listener,
         Arc::new(ScpSettings::from(&config.dicom)),

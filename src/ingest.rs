@@ -10,9 +10,10 @@ use std::time::Instant;
 use sqlx::PgPool;
 
 use crate::db::instances::{self, Arrival, Recorded};
+use crate::pipeline::guard;
 use crate::scp::dimse::status;
 use crate::scp::header::{self, HeaderError, InstanceHeader};
-use crate::scp::{StoreHandler, StoreOutcome, StoreRequest, scan};
+use crate::scp::{StoreHandler, StoreOutcome, StoreRequest};
 use crate::spool::{SpoolKey, Staged, Storage};
 
 /// Counters of what was stored and refused, read by the metrics endpoint.
@@ -32,6 +33,8 @@ pub struct IngestStats {
 pub struct Ingest {
     pool: PgPool,
     spool: Arc<dyn Storage>,
+    /// Largest inflated size accepted for a deflated data set.
+    max_inflated: u64,
     pub stats: Arc<IngestStats>,
 }
 
@@ -52,8 +55,15 @@ impl Ingest {
         Self {
             pool,
             spool,
+            max_inflated: 1 << 30,
             stats: Arc::default(),
         }
+    }
+
+    /// Cap the inflated size of deflated data sets (normally `[dicom] max_dataset_mb`).
+    pub fn max_inflated_bytes(mut self, bytes: u64) -> Self {
+        self.max_inflated = bytes;
+        self
     }
 
     async fn store_request(&self, req: StoreRequest) -> StoreOutcome {
@@ -78,8 +88,15 @@ impl Ingest {
         );
         let req_peer = req.peer.to_string();
         let (sc, si) = (sop_class.clone(), sop_instance.clone());
+        let max_inflated = self.max_inflated;
         let prepared = tokio::task::spawn_blocking(move || {
-            prepare(&*spool, &req.dataset, &sc, &si, &ts, &calling)
+            let names = Names {
+                sop_class: &sc,
+                sop_instance: &si,
+                transfer_syntax: &ts,
+                calling_ae: &calling,
+            };
+            prepare(&*spool, &req.dataset, &names, max_inflated)
         })
         .await;
         let prepared = match prepared {
@@ -209,18 +226,28 @@ enum CommitError {
 }
 
 /// Build the Part 10 file, read and check its header, stage it in the spool.
+/// What the command and the association say about a data set.
+struct Names<'a> {
+    sop_class: &'a str,
+    sop_instance: &'a str,
+    transfer_syntax: &'a str,
+    calling_ae: &'a str,
+}
+
 fn prepare(
     spool: &dyn Storage,
     dataset: &[u8],
-    sop_class: &str,
-    sop_instance: &str,
-    transfer_syntax: &str,
-    calling_ae: &str,
+    names: &Names<'_>,
+    max_inflated: u64,
 ) -> Result<Prepared, PrepareError> {
-    if let Some(encoding) = scan::Encoding::of(transfer_syntax) {
-        scan::check(dataset, encoding)
-            .map_err(|e| PrepareError::Header(HeaderError::Unreadable(e)))?;
-    }
+    let Names {
+        sop_class,
+        sop_instance,
+        transfer_syntax,
+        calling_ae,
+    } = *names;
+    guard::check_data_set(dataset, transfer_syntax, max_inflated)
+        .map_err(|e| PrepareError::Header(HeaderError::Unreadable(e.to_string())))?;
     let meta = header::file_preamble_and_meta(sop_class, sop_instance, transfer_syntax, calling_ae)
         .map_err(PrepareError::Header)?;
     let header = header::read_header(&meta, dataset, sop_class, sop_instance)

@@ -33,6 +33,8 @@ pub enum GuardError {
         declared: u64,
         available: u64,
     },
+    #[error("delimiter outside any sequence at byte {offset}")]
+    StrayDelimiter { offset: usize },
     #[error("sequences nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
     #[error("deflated data set cannot be inflated: {0}")]
@@ -74,30 +76,45 @@ pub fn check(bytes: &[u8], max_inflated: u64) -> Result<Layout, GuardError> {
     };
     let (meta_end, ts) = scan_meta(bytes, meta_start, meta)?;
     let ts = ts.ok_or(GuardError::NoTransferSyntax)?;
-    let rest = &bytes[meta_end..];
-    match ts.as_str() {
-        "1.2.840.10008.1.2" => walk(rest, implicit_le(), 0, 0).map(|_| ())?,
+    check_data_set(&bytes[meta_end..], &ts, max_inflated)?;
+    Ok(Layout {
+        magic_offset,
+        transfer_syntax: ts,
+    })
+}
+
+/// Check a data set (without file meta) encoded in `transfer_syntax`: every declared length fits
+/// the data, sequences and items of undefined length are closed. `max_inflated` caps the size
+/// of a deflated data set. Used on received data sets before they are parsed or stored.
+pub fn check_data_set(
+    data: &[u8],
+    transfer_syntax: &str,
+    max_inflated: u64,
+) -> Result<(), GuardError> {
+    let explicit_le = Encoding {
+        explicit: true,
+        big_endian: false,
+    };
+    match transfer_syntax {
+        "1.2.840.10008.1.2" => walk(data, implicit_le(), 0, 0, false).map(|_| ()),
         "1.2.840.10008.1.2.2" => walk(
-            rest,
+            data,
             Encoding {
                 explicit: true,
                 big_endian: true,
             },
             0,
             0,
+            false,
         )
-        .map(|_| ())?,
+        .map(|_| ()),
         "1.2.840.10008.1.2.1.99" => {
-            let inflated = inflate(rest, max_inflated)?;
-            walk(&inflated, meta, 0, 0).map(|_| ())?
+            let inflated = inflate(data, max_inflated)?;
+            walk(&inflated, explicit_le, 0, 0, false).map(|_| ())
         }
         // Every other transfer syntax encodes the data set as Explicit VR Little Endian.
-        _ => walk(rest, meta, 0, 0).map(|_| ())?,
+        _ => walk(data, explicit_le, 0, 0, false).map(|_| ()),
     }
-    Ok(Layout {
-        magic_offset,
-        transfer_syntax: ts,
-    })
 }
 
 fn implicit_le() -> Encoding {
@@ -256,7 +273,15 @@ fn is_sequence(h: &Header, explicit: bool) -> bool {
 }
 
 /// Walk the elements of `b[start..]` until its end or a delimiter; return the position after it.
-fn walk(b: &[u8], enc: Encoding, start: usize, depth: usize) -> Result<usize, GuardError> {
+/// An item of undefined length (`in_undefined_item`) must be closed by its delimiter: reaching
+/// the end of the data first means the data set was cut short.
+fn walk(
+    b: &[u8],
+    enc: Encoding,
+    start: usize,
+    depth: usize,
+    in_undefined_item: bool,
+) -> Result<usize, GuardError> {
     if depth > MAX_DEPTH {
         return Err(GuardError::TooDeep);
     }
@@ -264,6 +289,9 @@ fn walk(b: &[u8], enc: Encoding, start: usize, depth: usize) -> Result<usize, Gu
     while pos < b.len() {
         let h = header_at(b, pos, enc)?;
         if h.tag == Tag(0xFFFE, 0xE00D) || h.tag == Tag(0xFFFE, 0xE0DD) {
+            if depth == 0 {
+                return Err(GuardError::StrayDelimiter { offset: pos });
+            }
             return Ok(h.value_start);
         }
         if h.len == UNDEFINED {
@@ -275,7 +303,15 @@ fn walk(b: &[u8], enc: Encoding, start: usize, depth: usize) -> Result<usize, Gu
                 enc
             };
             let pixel_fragments = h.tag == Tag(0x7FE0, 0x0010);
-            pos = walk_items(b, inner, h.value_start, b.len(), pixel_fragments, depth + 1)?;
+            pos = walk_items(
+                b,
+                inner,
+                h.value_start,
+                b.len(),
+                pixel_fragments,
+                depth + 1,
+                true,
+            )?;
             continue;
         }
         let available = b.len() - h.value_start.min(b.len());
@@ -284,14 +320,18 @@ fn walk(b: &[u8], enc: Encoding, start: usize, depth: usize) -> Result<usize, Gu
         }
         let end = h.value_start + h.len as usize;
         if is_sequence(&h, enc.explicit) {
-            walk_items(&b[..end], enc, h.value_start, end, false, depth + 1)?;
+            walk_items(&b[..end], enc, h.value_start, end, false, depth + 1, false)?;
         }
         pos = end;
+    }
+    if in_undefined_item {
+        return Err(GuardError::Truncated { offset: pos });
     }
     Ok(pos)
 }
 
-/// Walk the items of a sequence starting at `start`, up to `end` or the sequence delimiter.
+/// Walk the items of a sequence starting at `start`, up to `end` or the sequence delimiter; a
+/// sequence of undefined length must end with its delimiter.
 fn walk_items(
     b: &[u8],
     enc: Encoding,
@@ -299,6 +339,7 @@ fn walk_items(
     end: usize,
     fragments: bool,
     depth: usize,
+    undefined: bool,
 ) -> Result<usize, GuardError> {
     if depth > MAX_DEPTH {
         return Err(GuardError::TooDeep);
@@ -321,7 +362,7 @@ fn walk_items(
             return Ok(end);
         }
         if h.len == UNDEFINED && !fragments {
-            pos = walk(b, enc, h.value_start, depth + 1)?;
+            pos = walk(b, enc, h.value_start, depth + 1, true)?;
             continue;
         }
         let available = end - h.value_start.min(end);
@@ -330,9 +371,12 @@ fn walk_items(
         }
         let item_end = h.value_start + h.len as usize;
         if !fragments {
-            walk(&b[..item_end], enc, h.value_start, depth + 1)?;
+            walk(&b[..item_end], enc, h.value_start, depth + 1, false)?;
         }
         pos = item_end;
+    }
+    if undefined {
+        return Err(GuardError::Truncated { offset: pos });
     }
     Ok(pos)
 }
@@ -373,6 +417,24 @@ mod tests {
         el.extend_from_slice(&1_000_000u32.to_le_bytes());
         el.extend_from_slice(&[0; 16]);
         assert!(check(&file_with(&el), 1 << 20).is_err());
+    }
+
+    #[test]
+    fn truncated_or_unclosed_data_sets_are_refused() {
+        let mut ds = vec![0x08, 0x00, 0x60, 0x00, b'C', b'S', 2, 0, b'C', b'R'];
+        assert!(check_data_set(&ds, "1.2.840.10008.1.2.1", 1 << 20).is_ok());
+        assert!(check_data_set(&ds[..ds.len() - 1], "1.2.840.10008.1.2.1", 1 << 20).is_err());
+        // an undefined-length sequence whose delimiter never comes
+        ds.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0]);
+        ds.extend_from_slice(&UNDEFINED.to_le_bytes());
+        let err = check_data_set(&ds, "1.2.840.10008.1.2.1", 1 << 20).unwrap_err();
+        assert!(matches!(err, GuardError::Truncated { .. }), "{err}");
+        // closed: passes
+        ds.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        assert!(check_data_set(&ds, "1.2.840.10008.1.2.1", 1 << 20).is_ok());
+        // a delimiter at the top level
+        let stray = [0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0];
+        assert!(check_data_set(&stray, "1.2.840.10008.1.2.1", 1 << 20).is_err());
     }
 
     #[test]

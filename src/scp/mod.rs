@@ -5,7 +5,6 @@
 pub mod association;
 pub mod dimse;
 pub mod header;
-pub mod scan;
 pub mod sop_classes;
 
 use std::future::Future;
