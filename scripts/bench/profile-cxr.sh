@@ -23,7 +23,7 @@ mkdir -p "$DIR"
 cd "$DIR"
 DB=cxr_profile_$(date +%s%N)
 psql -q "$ADMIN_URL" -c "CREATE DATABASE $DB" >/dev/null
-trap 'psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null' EXIT
+trap 'psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null; rm -rf "$DIR/spool"' EXIT
 cat > cxr-worker.toml <<TOML
 [dicom]
 ae_title = "CXR_BENCH"
