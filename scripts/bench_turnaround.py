@@ -6,6 +6,7 @@
       data: the 12 NIH ChestX-ray14 PNGs (1024x1024, 8-bit) wrapped into DX For Presentation, and
       the WG04 RG1_UNCR CR (1955x1841, 15-bit) header and pixels, in turn; every study gets new
       Study/Series/SOP Instance UIDs and a synthetic patient. Existing files are kept (a cache).
+      --j2k: JPEG 2000 lossless (pylibjpeg-openjpeg) instead.
 
   bench_turnaround.py run --binary B --db-url URL --models DIR --ort LIB --quiet S --studies DIR
       Start a C-STORE SCP (pynetdicom) that timestamps each SR on arrival, start `B serve` with
@@ -33,7 +34,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 NIH = ROOT / "tests/fixtures/nih"
@@ -111,12 +112,14 @@ def cr_from_rg1(i):
     return ds
 
 
-def save(ds, path):
+def save(ds, path, j2k):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
+    if j2k:
+        ds.compress(JPEG2000Lossless)  # pylibjpeg-openjpeg
     tmp = path.with_suffix(".tmp")
     ds.save_as(tmp, enforce_file_format=True)
     tmp.rename(path)
@@ -133,7 +136,7 @@ def make(args):
         if path.exists():
             continue
         kind, src = sources[i % len(sources)]
-        save(dx_from_png(src, i) if kind == "nih" else cr_from_rg1(i), path)
+        save(dx_from_png(src, i) if kind == "nih" else cr_from_rg1(i), path, args.j2k)
         made += 1
     print(f"{args.count} studies in {out} ({made} new; sources: {len(pngs)} NIH PNGs + RG1_UNCR)")
 
@@ -231,7 +234,7 @@ def send_study(port, path):
     from pynetdicom import AE
     ds = pydicom.dcmread(path)
     ae = AE(ae_title="BENCH_MODALITY")
-    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title="CXR_BENCH")
     if not assoc.is_established:
         sys.exit("association rejected")
@@ -403,6 +406,7 @@ def main():
     m = sub.add_parser("make")
     m.add_argument("--out", required=True)
     m.add_argument("--count", type=int, default=51)
+    m.add_argument("--j2k", action="store_true", help="JPEG 2000 lossless instead of uncompressed")
     r = sub.add_parser("run")
     r.add_argument("--binary", required=True)
     r.add_argument("--db-url", required=True)
