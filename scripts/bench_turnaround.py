@@ -145,7 +145,6 @@ def make(args):
 
 def start_scp(port_holder, arrivals):
     from pynetdicom import AE, evt
-    from pynetdicom.sop_class import Comprehensive3DSRStorage  # noqa: F401
 
     def on_store(event):
         t = time.time()
@@ -225,8 +224,7 @@ def start_daemon(binary, config, log_path):
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
                 sys.exit(f"daemon did not start; see {log_path}")
-    host, port = a.rsplit(":", 1)
-    return proc, int(port)
+    return proc, int(a.rsplit(":", 1)[1])
 
 
 def send_study(port, path):
@@ -305,7 +303,7 @@ def run(a):
             if left <= 0:
                 return False
             try:
-                s, sop, t = arrivals.get(timeout=left)
+                s, _sop, t = arrivals.get(timeout=left)
             except queue.Empty:
                 return False
             if s in arrived:
