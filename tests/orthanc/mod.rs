@@ -8,7 +8,7 @@
 //! REST calls go through `curl` to 127.0.0.1 only.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,12 +16,16 @@ use serde_json::Value;
 
 pub const ORTHANC_AET: &str = "ORTHANC_TEST";
 
+/// The name under which cxr-worker is registered in Orthanc's `DicomModalities`.
+pub const CXR_MODALITY: &str = "cxr";
+
 /// A running Orthanc.
 pub struct Orthanc {
-    child: Child,
+    child: Option<Child>,
     pub dicom_port: u16,
     pub http_port: u16,
     pub dir: PathBuf,
+    config_path: PathBuf,
 }
 
 pub fn free_port() -> u16 {
@@ -35,6 +39,13 @@ pub fn free_port() -> u16 {
 impl Orthanc {
     /// Start Orthanc on `dicom_port`, admitting C-STOREs from `calling_ae` on 127.0.0.1 only.
     pub fn start(dicom_port: u16, calling_ae: &str) -> Self {
+        Self::start_with_peer(dicom_port, calling_ae, 11112)
+    }
+
+    /// Start Orthanc on `dicom_port` with cxr-worker registered as the modality [`CXR_MODALITY`]:
+    /// AE title `ae` on 127.0.0.1:`peer_port`. Orthanc admits C-STOREs from `ae` on 127.0.0.1
+    /// only, and sends to it with `POST /modalities/cxr/store` ([`Orthanc::push`]).
+    pub fn start_with_peer(dicom_port: u16, ae: &str, peer_port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap().keep();
         let http_port = free_port();
         let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/orthanc/orthanc.json");
@@ -44,31 +55,57 @@ impl Orthanc {
         config["IndexDirectory"] = storage.display().to_string().into();
         config["HttpPort"] = http_port.into();
         config["DicomPort"] = dicom_port.into();
-        config["DicomModalities"] = serde_json::json!({ "cxr": [calling_ae, "127.0.0.1", 11112] });
+        config["DicomModalities"] =
+            serde_json::json!({ CXR_MODALITY: [ae, "127.0.0.1", peer_port] });
         let config_path = dir.join("orthanc.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        let log = std::fs::File::create(dir.join("orthanc.log")).unwrap();
+        let mut o = Self {
+            child: None,
+            dicom_port,
+            http_port,
+            dir,
+            config_path,
+        };
+        o.restart();
+        o
+    }
+
+    /// Start the stopped Orthanc again, on the same ports and storage (its index and the
+    /// instances it holds survive).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "Orthanc is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("orthanc.log"))
+            .unwrap();
         let child = Command::new("Orthanc")
-            .arg(&config_path)
-            .current_dir(&dir)
+            .arg(&self.config_path)
+            .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start Orthanc (Debian package `orthanc`; scripts/setup.sh installs it)");
-        let mut o = Self {
-            child,
-            dicom_port,
-            http_port,
-            dir,
-        };
-        o.wait_ready();
-        o
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Stop Orthanc at once (SIGKILL: a crash or a power cut; SIGTERM takes it seconds) and wait
+    /// until its DICOM port is closed; the storage stays for [`Orthanc::restart`].
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("Orthanc is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", self.dicom_port)).is_err(),
+            "something still listens on Orthanc's DICOM port"
+        );
     }
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("Orthanc exited ({status}):\n{}", self.log());
             }
             if self.try_get("/system").is_some()
@@ -90,12 +127,79 @@ impl Orthanc {
     }
 
     fn curl(&self, path: &str) -> Option<Vec<u8>> {
+        self.curl_with(path, &[])
+    }
+
+    fn curl_with(&self, path: &str, args: &[&str]) -> Option<Vec<u8>> {
         let out = Command::new("curl")
-            .args(["-sf", "--max-time", "10"])
+            .args(["-sf", "--max-time", "120"])
+            .args(args)
             .arg(format!("http://127.0.0.1:{}{path}", self.http_port))
             .output()
             .unwrap();
         out.status.success().then_some(out.stdout)
+    }
+
+    /// POST a JSON body; the JSON answer.
+    pub fn post_json(&self, path: &str, body: &Value) -> Value {
+        let body = body.to_string();
+        let out = self
+            .curl_with(
+                path,
+                &[
+                    "-X",
+                    "POST",
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    &body,
+                ],
+            )
+            .unwrap_or_else(|| panic!("POST {path} {body} failed:\n{}", self.log()));
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    /// Upload a DICOM file (`POST /instances`); returns Orthanc's answer (`ID`, `ParentStudy`…).
+    pub fn upload(&self, file: &Path) -> Value {
+        let data = format!("@{}", file.display());
+        let out = self
+            .curl_with("/instances", &["-X", "POST", "--data-binary", &data])
+            .unwrap_or_else(|| panic!("upload {} failed:\n{}", file.display(), self.log()));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["Status"], "Success", "upload {}: {v}", file.display());
+        v
+    }
+
+    /// Send resources (instance, series or study IDs) to cxr-worker with a synchronous C-STORE
+    /// job (`POST /modalities/cxr/store`); panics unless every instance was sent.
+    pub fn push(&self, resources: &[&str]) -> Value {
+        let v = self.post_json(
+            &format!("/modalities/{CXR_MODALITY}/store"),
+            &serde_json::json!({ "Resources": resources, "Synchronous": true }),
+        );
+        assert_eq!(v["FailedInstancesCount"], 0, "push: {v}");
+        v
+    }
+
+    /// The SR instances Orthanc holds for a study (by Orthanc study ID), as
+    /// `/instances/ID/simplified-tags` objects with the Orthanc ID under `"ID"`.
+    pub fn srs_of_study(&self, study_id: &str) -> Vec<Value> {
+        let Some(instances) = self.try_get(&format!("/studies/{study_id}/instances")) else {
+            return Vec::new();
+        };
+        instances
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| {
+                let id = i["ID"].as_str().unwrap();
+                let mut tags = self.get(&format!("/instances/{id}/simplified-tags"));
+                (tags["Modality"] == "SR").then(|| {
+                    tags["ID"] = id.into();
+                    tags
+                })
+            })
+            .collect()
     }
 
     fn try_get(&self, path: &str) -> Option<Value> {
@@ -117,8 +221,10 @@ impl Orthanc {
 
 impl Drop for Orthanc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,49 @@
+//! The SR validation gate shared by the end-to-end tests: dciodvfy (dicom3tools), dsrdump
+//! (DCMTK) and a highdicom read-back (tests/python/sr_findings.py) on every SR a test produces.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::{python, root, run, text};
+
+/// Run the three validators on `sr`; panics on any error. Returns what highdicom read back
+/// (study, predecessor, evidence, findings with code, probability, call and image, texts).
+pub fn validate(sr: &Path) -> serde_json::Value {
+    let v = run("dciodvfy", &[sr.to_str().unwrap()]);
+    let out = text(&v);
+    assert!(
+        v.status.code().is_some_and(|c| c < 128),
+        "dciodvfy crashed: {out}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("Error")),
+        "dciodvfy errors in {}:\n{out}",
+        sr.display()
+    );
+    let d = run("dsrdump", &[sr.to_str().unwrap()]);
+    let out = text(&d);
+    assert!(d.status.success(), "dsrdump: {out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("F:")),
+        "dsrdump: {out}"
+    );
+    let h = Command::new(python())
+        .arg(root().join("tests/python/sr_findings.py"))
+        .arg(sr)
+        .output()
+        .unwrap();
+    assert!(h.status.success(), "highdicom read-back: {}", text(&h));
+    serde_json::from_slice(&h.stdout).unwrap()
+}
+
+/// A value from a DICOM file's data set, via DCMTK `dcmdump` (`tag` as `gggg,eeee`).
+pub fn dicom_field(path: &Path, tag: &str) -> String {
+    let o = run("dcmdump", &["-q", "+P", tag, path.to_str().unwrap()]);
+    String::from_utf8_lossy(&o.stdout)
+        .split(['[', ']'])
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
