@@ -10,6 +10,7 @@ use std::time::Instant;
 use sqlx::PgPool;
 
 use crate::db::instances::{self, Arrival, Recorded};
+use crate::diskspace::SpoolSpace;
 use crate::scp::dimse::status;
 use crate::scp::header::{self, HeaderError, InstanceHeader};
 use crate::scp::{StoreHandler, StoreOutcome, StoreRequest, scan};
@@ -33,6 +34,8 @@ pub struct Ingest {
     pool: PgPool,
     spool: Arc<dyn Storage>,
     pub stats: Arc<IngestStats>,
+    /// The spool's disk space: above its watermark new associations are refused.
+    space: Option<Arc<SpoolSpace>>,
 }
 
 /// A data set parsed and staged, not yet recorded.
@@ -53,7 +56,14 @@ impl Ingest {
             pool,
             spool,
             stats: Arc::default(),
+            space: None,
         }
+    }
+
+    /// Refuse new associations while `space` is above its watermark.
+    pub fn with_watermark(mut self, space: Arc<SpoolSpace>) -> Self {
+        self.space = Some(space);
+        self
     }
 
     async fn store_request(&self, req: StoreRequest) -> StoreOutcome {
@@ -240,5 +250,9 @@ fn prepare(
 impl StoreHandler for Ingest {
     fn store(&self, request: StoreRequest) -> impl Future<Output = StoreOutcome> + Send {
         self.store_request(request)
+    }
+
+    fn admits_associations(&self) -> bool {
+        self.space.as_ref().is_none_or(|s| !s.over_watermark())
     }
 }
