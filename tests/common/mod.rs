@@ -143,6 +143,12 @@ pub fn write_config_with(dir: &Path, db_url: &str, dicom_extra: &str, sections: 
     } else {
         tiny_models_section()
     };
+    // the HTTP endpoints on a free port: tests run daemons side by side
+    let http = if sections.contains("[http]") {
+        ""
+    } else {
+        "[http]\nlisten = \"127.0.0.1:0\"\n"
+    };
     let text = format!(
         r#"
 [dicom]
@@ -162,6 +168,7 @@ dir = "spool"
 level = "info,cxr_worker=debug"
 format = "json"
 {models}
+{http}
 {sections}
 "#
     );
