@@ -248,3 +248,87 @@ async fn metrics_text(State(state): State<Arc<HttpState>>) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::IngestStats;
+    use crate::scp::ScpStats;
+    use crate::spool::LocalSpool;
+    use std::time::Duration;
+
+    fn state(dir: &std::path::Path, heartbeats: Heartbeats, workers: usize) -> Arc<HttpState> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let space = Arc::new(SpoolSpace::new(dir, 100.0));
+        space.refresh().unwrap();
+        Arc::new(HttpState {
+            pool,
+            storage: Arc::new(LocalSpool::open(dir).unwrap()),
+            heartbeats,
+            metrics: Arc::new(Metrics::new(
+                Arc::new(ScpStats::default()),
+                Arc::new(IngestStats::default()),
+                Some(space.clone()),
+            )),
+            space,
+            workers,
+            config: HttpConfig {
+                enabled: true,
+                listen: "127.0.0.1:0".parse().unwrap(),
+                stale_after: Duration::from_millis(50),
+                queue_stall: Duration::from_secs(900),
+                check_timeout: Duration::from_millis(300),
+            },
+        })
+    }
+
+    async fn body(r: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn healthz_names_a_loop_that_stopped_beating() {
+        let dir = tempfile::tempdir().unwrap();
+        let beats = Heartbeats::new();
+        let receive = beats.register("receive");
+        let _stuck = beats.register("worker-0");
+        let s = state(dir.path(), beats, 1);
+        let r = healthz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        receive.beat();
+        let r = healthz(State(s)).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v = body(r).await;
+        assert_eq!(v["stale_loops"], serde_json::json!(["worker-0"]));
+    }
+
+    #[tokio::test]
+    async fn readyz_reports_each_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(dir.path(), Heartbeats::new(), 0);
+        let r = readyz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v = body(r).await;
+        assert_eq!(v["ready"], false);
+        assert_eq!(v["checks"]["database"]["ok"], false);
+        assert_eq!(v["checks"]["spool"]["ok"], true, "{v}");
+        assert_eq!(v["checks"]["models"]["ok"], true);
+        assert_eq!(v["checks"]["queue"]["detail"], "not checked: receive-only");
+        // the spool above its watermark fails the spool check
+        s.space.set_max_used_percent(1e-9);
+        s.space.refresh().unwrap();
+        let v = body(readyz(State(s)).await).await;
+        assert_eq!(v["checks"]["spool"]["ok"], false, "{v}");
+        assert!(
+            v["checks"]["spool"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("watermark")
+        );
+    }
+}
