@@ -36,7 +36,13 @@ models: setup
 install: build
 	scripts/install.sh
 
-demo: setup db build
+# Benchmarks print their figures and compare against a named peer in the same run (BENCHMARKS.md).
+bench: setup db build models
+	scripts/bench-receive.sh
+	scripts/bench-infer.sh
+	scripts/bench-turnaround.sh
+
+demo: setup db build models
 	scripts/demo.sh
 
 clean-db:

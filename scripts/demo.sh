@@ -1,58 +1,143 @@
 #!/usr/bin/env bash
-# make demo: start the worker on a private PostgreSQL, send real chest radiographs to it with
-# DCMTK as a PACS would, and show what was received and recorded.
+# make demo: the whole loop on this machine, loopback only.
+#   Orthanc (a real PACS) holds real chest radiographs and pushes them to cxr-worker;
+#   cxr-worker receives them, waits for the study to complete, runs the anatomy segmenter and
+#   Anatomy-XNet, stores the findings in PostgreSQL and sends a DICOM SR back to Orthanc.
+# Shows the findings table from the database and the SR as Orthanc stored it (dsrdump).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DB_ADMIN=${DATABASE_URL:-$(scripts/pg.sh start)}
 DEMO=$PWD/var/demo
 PORT=${DEMO_PORT:-11112}
+ORTHANC_DICOM=${DEMO_ORTHANC_DICOM:-14242}
+ORTHANC_HTTP=${DEMO_ORTHANC_HTTP:-18042}
 AE=CXR_WORKER
 BIN=target/release/cxr-worker
+F=tests/fixtures/dicom
 rm -rf "$DEMO"; mkdir -p "$DEMO"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+orthanc() { curl -sf --max-time 30 "http://127.0.0.1:$ORTHANC_HTTP$1" "${@:2}"; }
 
 # a database of its own for the demo
 base=${DB_ADMIN%/*}
 psql "$DB_ADMIN" -qAtc "DROP DATABASE IF EXISTS cxr_demo WITH (FORCE)" >/dev/null
 psql "$DB_ADMIN" -qAtc "CREATE DATABASE cxr_demo" >/dev/null
-export CXR_WORKER__DATABASE__URL="$base/cxr_demo"
-export CXR_WORKER__SPOOL__DIR="$DEMO/spool"
-export CXR_WORKER__DICOM__LISTEN="127.0.0.1:$PORT"
-export CXR_WORKER__DICOM__AE_TITLE="$AE"
+DB="$base/cxr_demo"
 
-echo "== checking the configuration"
-$BIN check-config --config config/cxr-worker.toml
+cat > "$DEMO/cxr-worker.toml" <<EOF
+[dicom]
+ae_title = "$AE"
+listen = "127.0.0.1:$PORT"
+allowed_calling_ae_titles = ["ORTHANC@127.0.0.1"]
 
-echo "== starting cxr-worker (AE $AE on 127.0.0.1:$PORT)"
-$BIN serve --config config/cxr-worker.toml 2> "$DEMO/cxr-worker.log" &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  grep -q '"listening"\|listening' "$DEMO/cxr-worker.log" 2>/dev/null && break
-  sleep 0.1
+[database]
+url = "$DB"
+
+[spool]
+dir = "spool"
+
+[models]
+onnxruntime_library = "$ORT_DYLIB_PATH"
+segmenter = "$PWD/onnx/anatomy-segmenter.onnx"
+classifier = "$PWD/onnx/anatomy-xnet.onnx"
+execution_providers = ["tensorrt", "cuda", "cpu"]
+
+[study]
+quiet_period_secs = 2
+workers = 1
+
+[[destinations]]
+name = "orthanc"
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = $ORTHANC_DICOM
+
+[log]
+level = "info,jpeg2k=warn"
+EOF
+
+say "Orthanc: a real PACS, on loopback (DICOM $ORTHANC_DICOM, HTTP $ORTHANC_HTTP)"
+python3 - "$DEMO" "$ORTHANC_DICOM" "$ORTHANC_HTTP" "$AE" "$PORT" <<'PY'
+import json, sys
+demo, dicom, http, ae, port = sys.argv[1:]
+c = json.load(open("tests/orthanc/orthanc.json"))
+c.update({"StorageDirectory": f"{demo}/orthanc", "IndexDirectory": f"{demo}/orthanc",
+          "HttpPort": int(http), "DicomPort": int(dicom), "DicomAet": "ORTHANC",
+          "DicomModalities": {"cxr": [ae, "127.0.0.1", int(port)]}})
+json.dump(c, open(f"{demo}/orthanc.json", "w"), indent=1)
+PY
+Orthanc "$DEMO/orthanc.json" > "$DEMO/orthanc.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 150); do orthanc /system >/dev/null 2>&1 && break; sleep 0.2; done
+orthanc /system | python3 -c 'import json,sys; s=json.load(sys.stdin); print("  Orthanc", s["Version"], "AE", s["DicomAet"])'
+
+say "cxr-worker: check the configuration, then start (AE $AE on 127.0.0.1:$PORT)"
+$BIN check-config --config "$DEMO/cxr-worker.toml"
+$BIN serve --config "$DEMO/cxr-worker.toml" 2> "$DEMO/cxr-worker.log" &
+pids+=($!)
+for _ in $(seq 300); do grep -q "listening" "$DEMO/cxr-worker.log" 2>/dev/null && break; sleep 0.1; done
+grep -E "execution provider in use|listening" "$DEMO/cxr-worker.log" | sed 's/^/  /'
+
+say "Upload real chest radiographs to Orthanc, then Orthanc pushes each study to cxr-worker (C-STORE)"
+studies=()
+for f in RG1_UNCR.dcm 966_fixed.dcm RG2_RLE.dcm; do
+  study=$(orthanc /instances -X POST --data-binary "@$F/$f" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ParentStudy"])')
+  studies+=("$study")
+  echo "  $f -> Orthanc study $study"
 done
+echo "  (RG1_UNCR: chest CR PA; 966_fixed: chest DX PA; RG2_RLE: a hip radiograph, not chest)"
+for s in "${studies[@]}"; do
+  orthanc /modalities/cxr/store -X POST -d "{\"Resources\": [\"$s\"], \"Synchronous\": true}" >/dev/null
+done
+echo "  pushed ${#studies[@]} studies"
 
-echo "== C-ECHO"
-echoscu -v -aec "$AE" 127.0.0.1 "$PORT" 2>&1 | grep -E "Received Echo Response|Association" || true
+say "Waiting for the SRs to come back to Orthanc"
+for _ in $(seq 240); do
+  n=$(orthanc /tools/find -X POST -d '{"Level":"Instance","Query":{"Modality":"SR"}}' | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+  [[ $n -ge 3 ]] && break
+  sleep 0.5
+done
+echo "  $n SR(s) in Orthanc"
 
-F=tests/fixtures/dicom
-echo "== sending real chest radiographs with DCMTK dcmsend (one association, each file in its own transfer syntax)"
-dcmsend -aec "$AE" 127.0.0.1 "$PORT" \
-  "$F/RG1_UNCR.dcm" "$F/RG1_J2KR.dcm" "$F/RG1_JLSN.dcm" "$F/966_fixed.dcm" "$F/RG2_RLE.dcm" 2>&1 | sed 's/^/  /'
-
-echo "== sending one again (a duplicate is acknowledged and counted, not stored twice)"
-storescu -aec "$AE" 127.0.0.1 "$PORT" "$F/RG1_UNCR.dcm" && echo "  Success"
-
-echo "== what the database recorded"
-psql "$CXR_WORKER__DATABASE__URL" -P pager=off -c "
-  SELECT s.accession_number, s.study_date, i.modality, i.body_part_examined AS body_part,
-         i.view_position AS view, i.transfer_syntax_uid, i.size_bytes, i.duplicate_count AS dups,
-         i.state, i.calling_ae_title
+say "What the database recorded: each received image and its processing state"
+psql "$DB" -P pager=off -c "
+  SELECT s.accession_number AS accession, i.modality, i.body_part_examined AS body_part,
+         i.view_position AS view, i.state, left(coalesce(i.state_reason, ''), 50) AS reason
   FROM instances i JOIN studies s USING (study_instance_uid) ORDER BY i.received_at"
 
-echo "== the spool (Part 10 files as received)"
-find "$DEMO/spool/objects" -name '*.dcm' -printf '  %s bytes  %P\n'
+say "The findings table (Anatomy-XNet probabilities per label; UNTRAINED demo weights)"
+psql "$DB" -P pager=off -c "
+  SELECT s.accession_number AS accession, f.label, round(f.probability::numeric, 3) AS probability,
+         f.threshold, CASE WHEN f.present THEN 'Present' ELSE 'Absent' END AS call
+  FROM findings f JOIN studies s USING (study_instance_uid)
+  ORDER BY s.accession_number, f.label_index" | head -n 34
+psql "$DB" -P pager=off -c "
+  SELECT s.accession_number AS accession, round(a.cardiothoracic_ratio::numeric, 3) AS ctr,
+         a.execution_provider AS provider, round(a.decode_ms) AS decode_ms,
+         round(a.segment_ms) AS segment_ms, round(a.classify_ms) AS classify_ms, a.trained
+  FROM analyses a JOIN studies s USING (study_instance_uid)"
+psql "$DB" -P pager=off -c "SELECT accession_number, report_kind, positive_labels, reason FROM latest_results"
+psql "$DB" -P pager=off -c "SELECT destination_name, state, attempts, last_status FROM outbox"
 
-kill -TERM $PID; wait $PID || true
-trap - EXIT
-echo "== daemon log (no patient names or IDs in it)"
-sed 's/^/  /' "$DEMO/cxr-worker.log" | tail -n 20
+say "The SR as Orthanc stored it (dsrdump), and the validators"
+sr_uid=$(psql "$DB" -qAtc "SELECT sr_sop_instance_uid FROM reports WHERE kind = 'findings' ORDER BY id LIMIT 1")
+sr=$(orthanc /tools/find -X POST -d "{\"Level\":\"Instance\",\"Query\":{\"SOPInstanceUID\":\"$sr_uid\"}}" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)[0])')
+orthanc "/instances/$sr/file" > "$DEMO/report-from-orthanc.dcm"
+dsrdump "$DEMO/report-from-orthanc.dcm" | head -n 90
+echo "  ... ($(dsrdump "$DEMO/report-from-orthanc.dcm" | wc -l) lines in all)"
+for f in $(orthanc /tools/find -X POST -d '{"Level":"Instance","Query":{"Modality":"SR"}}' | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)))'); do
+  orthanc "/instances/$f/file" > "$DEMO/sr-$f.dcm"
+  printf '  %s: dciodvfy errors %s, dsrdump errors %s\n' "$f" \
+    "$(dciodvfy "$DEMO/sr-$f.dcm" 2>&1 | grep -c '^Error' || true)" \
+    "$(dsrdump "$DEMO/sr-$f.dcm" 2>&1 | grep -c '^[EF]:' || true)"
+done
+
+say "The daemon log (identifiers as UIDs only: no patient names or IDs)"
+grep -E "job done|stored|sent" "$DEMO/cxr-worker.log" | tail -n 8 | cut -c1-220 | sed 's/^/  /'
+echo
+echo "Demo files: $DEMO (Orthanc storage, the spool, the SR archive, logs)."

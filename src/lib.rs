@@ -14,6 +14,7 @@
 //! - [`pipeline`]: decode, eligibility, preprocessing, ONNX inference and measurements.
 //! - [`outbox`]: the SR archive and the durable outbox that sends each SR to every destination.
 //! - [`telemetry`]: tracing set-up (text or JSON); no patient data is ever logged.
+//! - [`admin`]: the admin commands (findings, status, resend, reprocess, check-config).
 //! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and a liveness-tied watchdog.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` (loopback by default).
 //! - [`metrics`]: the `cxr_` metrics of every stage, in the Prometheus text format.
@@ -21,6 +22,7 @@
 //! - [`retention`]: removes spooled instances once their report was delivered and kept long enough.
 //! - [`reload`]: SIGHUP re-reads the configuration and applies what can change safely.
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod db;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use cxr_worker::admin::findings::{self, StudyState};
+use cxr_worker::admin::{self, Format, actions, check, status};
 use cxr_worker::config::Config;
 use cxr_worker::pipeline::analyse::{Analyser, ImageReport, UNTRAINED_WARNING};
 use cxr_worker::pipeline::decode::DecodeLimits;
@@ -29,10 +31,78 @@ enum Command {
         #[arg(long, short, default_value = "/etc/cxr-worker/cxr-worker.toml")]
         config: PathBuf,
     },
-    /// Validate the configuration file and print a summary of it.
+    /// Check the configuration, the models (present, loadable, conforming to the contract) and
+    /// the database (reachable, migrated); print each check OK or FAILED with its key.
+    ///
+    /// Exits non-zero when any check failed.
     CheckConfig {
         #[arg(long, short, default_value = "/etc/cxr-worker/cxr-worker.toml")]
         config: PathBuf,
+        /// Check the file only: skip the models and the database.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// List findings: one row per study and label (maximum probability over the study's images),
+    /// newest study date first; a study without findings prints once with its state.
+    Findings {
+        #[arg(long, short, default_value = "/etc/cxr-worker/cxr-worker.toml")]
+        config: PathBuf,
+        /// Study date on or after (YYYY-MM-DD or YYYYMMDD).
+        #[arg(long)]
+        from: Option<String>,
+        /// Study date on or before (YYYY-MM-DD or YYYYMMDD).
+        #[arg(long)]
+        to: Option<String>,
+        /// Accession number (exact).
+        #[arg(long)]
+        accession: Option<String>,
+        /// Patient ID (exact).
+        #[arg(long)]
+        patient_id: Option<String>,
+        /// Only this label (one of the 14 NIH ChestX-ray14 labels, any case).
+        #[arg(long)]
+        label: Option<String>,
+        /// Only labels whose maximum probability is at least this (0..1).
+        #[arg(long)]
+        min_probability: Option<String>,
+        /// Only labels called present (probability at or above the model's threshold).
+        #[arg(long)]
+        present: bool,
+        /// Only studies in this state.
+        #[arg(long, value_enum)]
+        state: Option<StudyState>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// At most this many studies (all their rows print); 0: no limit.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show the job queue, instances of the last 24 hours, the latest failures and the outbox
+    /// per destination.
+    Status {
+        #[arg(long, short, default_value = "/etc/cxr-worker/cxr-worker.toml")]
+        config: PathBuf,
+        /// table or json.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// How many of the latest failures to list.
+        #[arg(long, default_value_t = 10)]
+        failures: u32,
+    },
+    /// Send the study's latest SR again, now, to every configured destination.
+    Resend {
+        #[arg(long, short, default_value = "/etc/cxr-worker/cxr-worker.toml")]
+        config: PathBuf,
+        /// Study Instance UID.
+        study_uid: String,
+    },
+    /// Analyse every instance of the study again (e.g. after a model upgrade): the daemon sends
+    /// a revised SR that names its predecessor.
+    Reprocess {
+        #[arg(long, short, default_value = "/etc/cxr-worker/cxr-worker.toml")]
+        config: PathBuf,
+        /// Study Instance UID.
+        study_uid: String,
     },
     /// Analyse DICOM files with the configured models and print the findings per image.
     ///
@@ -63,11 +133,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cxr-worker: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The reader of stdout went away (`cxr-worker findings | head`): stop quietly.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    if let Some(a) = e.downcast_ref::<admin::AdminError>() {
+        return a.is_broken_pipe();
+    }
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -81,14 +161,75 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(cxr_worker::daemon::serve(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config } => {
+        Command::CheckConfig { config, offline } => check_config(&config, offline),
+        Command::Findings {
+            config,
+            from,
+            to,
+            accession,
+            patient_id,
+            label,
+            min_probability,
+            present,
+            state,
+            format,
+            limit,
+        } => {
+            let filter = findings::Filter {
+                from: from
+                    .map(|d| findings::parse_date("--from", &d))
+                    .transpose()?,
+                to: to.map(|d| findings::parse_date("--to", &d)).transpose()?,
+                accession,
+                patient_id,
+                label: label.map(|l| admin::canonical_label(&l)).transpose()?,
+                min_probability: min_probability
+                    .map(|p| findings::parse_probability(&p))
+                    .transpose()?,
+                present_only: present,
+                state,
+                limit,
+            };
             let cfg = Config::load(&config)?;
-            println!(
-                "configuration OK: AE title {} on {}, spool {}",
-                cfg.dicom.ae_title,
-                cfg.dicom.listen,
-                cfg.spool.dir.display()
-            );
+            let rows = block_on(async {
+                let pool = admin::connect(&cfg.database, admin::CONNECT_TIMEOUT).await?;
+                findings::query(&pool, &filter).await
+            })?;
+            findings::write(&rows, format, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            config,
+            format,
+            failures,
+        } => {
+            if format == Format::Csv {
+                anyhow::bail!("status prints --format table or json");
+            }
+            let cfg = Config::load(&config)?;
+            let status = block_on(async {
+                let pool = admin::connect(&cfg.database, admin::CONNECT_TIMEOUT).await?;
+                status::gather(&pool, &cfg.destinations, failures).await
+            })?;
+            status::write(&status, format, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resend { config, study_uid } => {
+            let cfg = Config::load(&config)?;
+            let outcome = block_on(async {
+                let pool = admin::connect(&cfg.database, admin::CONNECT_TIMEOUT).await?;
+                actions::resend(&pool, &study_uid, &cfg.destinations).await
+            })?;
+            outcome.write(&mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reprocess { config, study_uid } => {
+            let cfg = Config::load(&config)?;
+            let outcome = block_on(async {
+                let pool = admin::connect(&cfg.database, admin::CONNECT_TIMEOUT).await?;
+                actions::reprocess(&pool, &study_uid).await
+            })?;
+            outcome.write(&mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Infer {
@@ -100,6 +241,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             files,
         } => infer(&config, json, overlays, repeat, batch_size, &files),
     }
+}
+
+/// Run an admin query on a single-threaded runtime.
+fn block_on<T>(
+    f: impl std::future::Future<Output = Result<T, admin::AdminError>>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(f)?)
+}
+
+fn check_config(config: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let cfg = match Config::load(config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            check::write(&[check::Check::failed("config", e.to_string())], &mut out)?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut checks = vec![check::config_summary(config, &cfg)];
+    if !offline {
+        checks.extend(check::check_models(&cfg));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        checks.push(runtime.block_on(check::check_database(&cfg, admin::CONNECT_TIMEOUT)));
+    }
+    check::write(&checks, &mut out)?;
+    Ok(if checks.iter().all(|c| c.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn infer(

@@ -168,6 +168,14 @@ async fn process(
             .ok_or_else(|| JobError::Spool("storage has no local path".into()))?;
         paths.push(path);
     }
+    if pending.is_empty() {
+        let mut tx = pool.begin().await?;
+        if !jobs::complete(&mut tx, job.id, &s.owner).await? {
+            return Err(JobError::LeaseLost);
+        }
+        tx.commit().await?;
+        return Ok("nothing to analyse".into());
+    }
     let reports = run_models(analyser, paths).await?;
     if let Some(m) = &s.metrics {
         observe(m, &reports);
@@ -175,41 +183,59 @@ async fn process(
     if !jobs::extend_lease(pool, job.id, &s.owner, s.lease).await? {
         return Err(JobError::LeaseLost);
     }
-    let mut tx = pool.begin().await?;
-    let mut analysed_now = 0;
-    let mut skipped: Vec<String> = Vec::new();
+    // Results stay in memory until the single transaction at the end: a failed attempt commits
+    // nothing, and its instances stay claimed ('analysing') for the retry.
+    let mut fresh: Vec<(AnalysisRow, Vec<LabelRow>)> = Vec::new();
+    let mut skipped: Vec<(String, String)> = Vec::new();
     for (p, r) in pending.iter().zip(&reports) {
         match to_rows(study, p.sop_instance_uid.as_str(), r) {
-            Some((row, labels)) => {
-                analysis::record_analysis(&mut tx, job.id, &row, &labels).await?;
-                analysed_now += 1;
-            }
-            None => {
-                analysis::set_state(&mut tx, &p.sop_instance_uid, "skipped", Some(&r.reason))
-                    .await?;
-                skipped.push(r.reason.clone());
-            }
+            Some(rows) => fresh.push(rows),
+            None => skipped.push((p.sop_instance_uid.clone(), r.reason.clone())),
         }
     }
-    tx.commit().await?;
+    let skipped_reasons: Vec<String> = skipped.iter().map(|(_, r)| r.clone()).collect();
+    let analysed_now = fresh.len();
 
     let previous = analysis::latest_report(pool, study).await?;
     if analysed_now == 0 && previous.is_some() {
         // nothing new to say: no silent duplicate of the last report
         let mut tx = pool.begin().await?;
+        record_results(&mut tx, job.id, &fresh, &skipped).await?;
         if !jobs::complete(&mut tx, job.id, &s.owner).await? {
             return Err(JobError::LeaseLost);
         }
         tx.commit().await?;
         return Ok(format!("{} skipped, report unchanged", skipped.len()));
     }
-    let analysed = analysis::analysed_instances(pool, study).await?;
+    let mut analysed: Vec<AnalysedInstance> = analysis::analysed_instances(pool, study)
+        .await?
+        .into_iter()
+        .filter(|a| {
+            !pending
+                .iter()
+                .any(|p| p.sop_instance_uid == a.sop_instance_uid)
+        })
+        .collect();
+    for (row, labels) in &fresh {
+        if let Some(p) = pending
+            .iter()
+            .find(|p| p.sop_instance_uid == row.sop_instance_uid)
+        {
+            analysed.push(analysed_instance(p, row, labels));
+        }
+    }
     let header_key = pending
         .first()
         .map(|p| p.spool_key.clone())
         .ok_or_else(|| JobError::Report("job has no instance".into()))?;
     let source = read_source(storage, &header_key).await?;
-    let request = report_request(source, &analysed, &pending, &skipped, previous.as_ref())?;
+    let request = report_request(
+        source,
+        &analysed,
+        &pending,
+        &skipped_reasons,
+        previous.as_ref(),
+    )?;
     let built = report::build_sr(&request).map_err(|e| JobError::Report(e.to_string()))?;
     let dir = s.archive_dir.clone();
     let built = Arc::new(built);
@@ -223,9 +249,10 @@ async fn process(
     } else {
         "findings"
     };
-    let reason = (kind == "not_analysed").then(|| summarise(&skipped));
+    let reason = (kind == "not_analysed").then(|| summarise(&skipped_reasons));
     let archive = archive_path.display().to_string();
     let mut tx = pool.begin().await?;
+    record_results(&mut tx, job.id, &fresh, &skipped).await?;
     analysis::insert_report(
         &mut tx,
         &NewReport {
@@ -261,6 +288,41 @@ async fn process(
         skipped.len(),
         built.sop_instance_uid
     ))
+}
+
+/// Store the analyses of this attempt and mark the skipped instances, with their reasons.
+async fn record_results(
+    tx: &mut sqlx::PgConnection,
+    job_id: i64,
+    fresh: &[(AnalysisRow, Vec<LabelRow>)],
+    skipped: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    for (row, labels) in fresh {
+        analysis::record_analysis(tx, job_id, row, labels).await?;
+    }
+    for (sop, reason) in skipped {
+        analysis::set_state(tx, sop, "skipped", Some(reason)).await?;
+    }
+    Ok(())
+}
+
+fn analysed_instance(
+    p: &analysis::PendingInstance,
+    row: &AnalysisRow,
+    labels: &[LabelRow],
+) -> AnalysedInstance {
+    AnalysedInstance {
+        sop_instance_uid: p.sop_instance_uid.clone(),
+        sop_class_uid: p.sop_class_uid.clone(),
+        series_instance_uid: p.series_instance_uid.clone(),
+        cardiothoracic_ratio: row.cardiothoracic_ratio,
+        segmenter_name: row.segmenter_name.clone(),
+        segmenter_version: row.segmenter_version.clone(),
+        classifier_name: row.classifier_name.clone(),
+        classifier_version: row.classifier_version.clone(),
+        trained: row.trained,
+        labels: labels.to_vec(),
+    }
 }
 
 /// Run the models on a blocking thread; the analyser travels there and back.

@@ -136,3 +136,36 @@ fn defaults_stated_are_the_config_defaults() {
         assert!(doc.contains(&fact), "the statement does not say {fact:?}");
     }
 }
+
+#[test]
+fn finding_codes_stated_are_the_codes_the_sr_uses() {
+    let doc = statement();
+    for coding in cxr_worker::report::codes::LABELS {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} ", coding.label)))
+            .unwrap_or_else(|| panic!("no row for {} in the statement", coding.label));
+        let finding = format!("{} {}", coding.finding.scheme, coding.finding.value);
+        let private = format!(
+            "scheme {}, code {}",
+            coding.finding.scheme, coding.finding.value
+        );
+        assert!(
+            row.contains(&finding) || row.contains(&private),
+            "{}: the statement says {row:?}, the code uses {finding}",
+            coding.label
+        );
+        match coding.site {
+            Some(site) => assert!(
+                row.contains(&format!("{} {}", site.scheme, site.value)),
+                "{row}"
+            ),
+            None => assert!(
+                row.trim_end()
+                    .ends_with("| —                                  |")
+                    || row.contains("| — "),
+                "{row}"
+            ),
+        }
+    }
+}

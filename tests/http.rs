@@ -7,50 +7,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use sqlx::PgPool;
-
-/// DCMTK storescp as the destination PACS.
-struct StoreScp {
-    child: Child,
-    port: u16,
-}
-
-impl StoreScp {
-    fn start() -> Self {
-        let dir: PathBuf = tempfile::tempdir().unwrap().keep();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("storescp")
-            .args(["-aet", "PACS", "-od"])
-            .arg(&dir)
-            .args(["+xa", "-uf", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "storescp did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port }
-    }
-}
-
-impl Drop for StoreScp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn wait_for(pool: &PgPool, sql: &'static str, want: i64, within: Duration) {
     let deadline = Instant::now() + within;

@@ -188,14 +188,16 @@ fn install_lays_out_the_tree_and_the_unit_verifies_in_it() {
     assert!(config.contains("\"/usr/local/lib/cxr-worker/libonnxruntime.so.1.31.1\""));
     assert!(config.contains("\"/usr/local/share/cxr-worker/models/anatomy-xnet.onnx\""));
     assert!(config.contains("\"/var/lib/cxr-worker/spool\""));
+    // --offline: the models and the database it names are those of the target machine
     let check = Command::new(BIN)
-        .args(["check-config", "--config"])
+        .args(["check-config", "--offline", "--config"])
         .arg(s.path("/etc/cxr-worker/cxr-worker.toml"))
         .output()
         .unwrap();
     assert!(
         check.status.success(),
-        "check-config: {}",
+        "check-config: {}{}",
+        String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
 

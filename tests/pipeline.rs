@@ -5,58 +5,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use sqlx::PgPool;
-
-/// DCMTK storescp as the destination PACS, on 127.0.0.1 only (it listens on all interfaces: the
-/// tests send to loopback only).
-struct StoreScp {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl StoreScp {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("storescp")
-            .args(["-aet", "PACS", "-od"])
-            .arg(&dir)
-            .args(["+xa", "-uf", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "storescp did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port, dir }
-    }
-
-    fn received(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(&self.dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect()
-    }
-}
-
-impl Drop for StoreScp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start(db: &TestDb, pacs: &StoreScp) -> Daemon {
     let dir = tempfile::tempdir().unwrap().keep();
@@ -207,7 +160,7 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
 
     // every SR that reached the PACS passes the validators and says what the database says
     let srs: Vec<(PathBuf, serde_json::Value)> = pacs
-        .received()
+        .files()
         .into_iter()
         .map(|p| {
             let v = validate(&p);
@@ -283,7 +236,7 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
     )
     .await;
     let srs: Vec<(PathBuf, serde_json::Value)> = pacs
-        .received()
+        .files()
         .into_iter()
         .map(|p| {
             let v = validate(&p);

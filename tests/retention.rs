@@ -8,65 +8,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use sqlx::PgPool;
-
-/// DCMTK storescp as the destination PACS, stoppable and restartable on the same port.
-struct StoreScp {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl StoreScp {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut s = Self {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap().keep(),
-        };
-        s.restart();
-        s
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("storescp")
-            .args(["-aet", "PACS", "-od"])
-            .arg(&self.dir)
-            .args(["+xa", "-uf", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "storescp did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for StoreScp {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// `write_config_with`, plus `spool` lines in the `[spool]` section.
 fn write_config_spool(dir: &Path, db_url: &str, spool: &str, sections: &str) -> PathBuf {
@@ -186,13 +131,14 @@ const PURGED: &str =
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_removes_delivered_studies_only() {
     let db = TestDb::create().await;
-    let mut pacs = StoreScp::start();
+    let mut pacs = Some(StoreScp::start());
+    let (pacs_port, pacs_dir) = pacs.as_ref().map(|p| (p.port, p.dir.clone())).unwrap();
     let dir = tempfile::tempdir().unwrap().keep();
     let sections = format!(
         "[study]\nquiet_period_secs = 1\nworkers = 1\npoll_interval_secs = 0.2\n\
          [report]\nretry_base_secs = 0.5\nretry_max_secs = 1\n\
          [[destinations]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {}\n",
-        pacs.port
+        pacs_port
     );
     // about 2.6 s after delivery; looked at twice a second
     let config = write_config_spool(
@@ -211,7 +157,7 @@ async fn retention_removes_delivered_studies_only() {
     wait_until(&pool, DELIVERED, &a, Duration::from_secs(120)).await;
 
     // study B is analysed and reported, but the PACS is down: not delivered
-    pacs.stop();
+    drop(pacs.take()); // the PACS goes down
     let acks = pynetdicom_send(&d, "MODALITY", 1, &[fixture("966_fixed.dcm")]);
     assert_eq!(acks[0].status, 0);
     let b = study_of(&pool, 1).await;
@@ -245,9 +191,14 @@ async fn retention_removes_delivered_studies_only() {
     assert!(Path::new(&archive).exists());
 
     // the PACS comes back: B is delivered, then removed in its turn
-    pacs.restart();
+    pacs = Some(StoreScp::start_on(
+        pacs_port,
+        &pacs_dir,
+        &["-aet", "PACS", "+xa", "-uf"],
+    ));
     wait_until(&pool, DELIVERED, &b, Duration::from_secs(60)).await;
     wait_until(&pool, PURGED, &b, Duration::from_secs(30)).await;
     assert!(!d.spool_objects().join(&b_key).exists());
     assert!(d.log_text().contains("retention: removed"));
+    assert_eq!(pacs.unwrap().files().len(), 2);
 }

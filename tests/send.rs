@@ -8,7 +8,7 @@ mod common;
 mod orthanc;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use common::TestDb;
+use common::{StoreScp, TestDb};
 use orthanc::{ORTHANC_AET, Orthanc, free_port};
 
 const CALLING: &str = "CXR_TEST";
@@ -141,59 +141,6 @@ fn gate(path: &Path) {
         "dsrdump {}:\n{text}",
         path.display()
     );
-}
-
-// ---- storescp ---------------------------------------------------------------------------------
-
-/// DCMTK storescp on 127.0.0.1:`port` (it listens on all interfaces; we only send to loopback).
-struct StoreScp {
-    child: Child,
-    out: PathBuf,
-    log: PathBuf,
-}
-
-impl StoreScp {
-    fn start(port: u16, out: &Path, extra: &[&str]) -> Self {
-        std::fs::create_dir_all(out).unwrap();
-        let log = out.with_extension("log");
-        let child = Command::new("storescp")
-            .args(["-od"])
-            .arg(out)
-            .args(extra)
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("storescp (DCMTK)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "storescp did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            out: out.to_path_buf(),
-            log,
-        }
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        match std::fs::read_dir(&self.out) {
-            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for StoreScp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---- outbox harness ---------------------------------------------------------------------------
@@ -332,7 +279,7 @@ async fn sr_reaches_storescp_intact_through_the_outbox() {
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let scp = StoreScp::start(port, &dir.path().join("in"), &["-aet", "STORESCP", "+B"]);
+    let scp = StoreScp::start_on(port, &dir.path().join("in"), &["-aet", "STORESCP", "+B"]);
     let dests = [destination("storescp", "STORESCP", port)];
     let sr = real_sr(1);
     let study = study_uid(&sr);
@@ -396,7 +343,7 @@ async fn implicit_only_peer_receives_a_re_encoded_sr() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // +xi: accept Implicit VR Little Endian only
-    let scp = StoreScp::start(port, &dir.path().join("in"), &["+xi", "+B"]);
+    let scp = StoreScp::start_on(port, &dir.path().join("in"), &["+xi", "+B"]);
     let sr = real_sr(2);
     let delivered = send::store(
         &destination("implicit", "ANY", port),
@@ -457,7 +404,7 @@ async fn destination_down_then_up_gets_exactly_one_sr_after_backoff() {
     let err = r[0].last_error.clone().unwrap();
     assert!(err.contains("cannot connect to 127.0.0.1:"), "{err}");
 
-    let scp = StoreScp::start(port, &dir.path().join("in"), &["+B"]);
+    let scp = StoreScp::start_on(port, &dir.path().join("in"), &["+B"]);
     let r = wait_rows(&pool, &study, Duration::from_secs(20), |r| {
         r[0].state == "sent"
     })
@@ -498,7 +445,7 @@ async fn failure_status_is_retried_then_failed_then_requeued_and_sent() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let inbox = dir.path().join("in");
-    let scp = StoreScp::start(port, &inbox, &["+B"]);
+    let scp = StoreScp::start_on(port, &inbox, &["+B"]);
     // storescp answers A700 (out of resources) when it cannot write the file
     std::fs::remove_dir(&inbox).unwrap();
     let dests = [destination("full", "STORESCP", port)];
@@ -558,7 +505,7 @@ async fn permanent_rejection_fails_at_once_and_a_removed_destination_fails() {
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _scp = StoreScp::start(port, &dir.path().join("in"), &["--refuse"]);
+    let _scp = StoreScp::start_on(port, &dir.path().join("in"), &["--refuse"]);
     let dests = [
         destination("refuser", "STORESCP", port),
         destination("gone", "GONE", free_port()),
@@ -595,7 +542,7 @@ async fn expired_lease_is_taken_over_and_a_live_lease_is_respected() {
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let scp = StoreScp::start(port, &dir.path().join("in"), &["+B"]);
+    let scp = StoreScp::start_on(port, &dir.path().join("in"), &["+B"]);
     let dests = [destination("storescp", "STORESCP", port)];
     let crashed = real_sr(6);
     let alive = real_sr(7);
@@ -654,7 +601,7 @@ async fn two_senders_on_one_database_never_send_a_row_twice() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // a child per association, each store takes a second: sends overlap; +uf keeps duplicates
-    let scp = StoreScp::start(
+    let scp = StoreScp::start_on(
         port,
         &dir.path().join("in"),
         &["--fork", "--sleep-during", "1", "+uf"],
@@ -804,7 +751,7 @@ async fn sender_rides_out_a_database_outage() {
         !sender.handle.is_finished(),
         "the sender must survive the outage"
     );
-    let scp = StoreScp::start(port, &dir.path().join("in"), &["+B"]);
+    let scp = StoreScp::start_on(port, &dir.path().join("in"), &["+B"]);
     pg.pg_start();
 
     let r = wait_rows(&pool, &study, Duration::from_secs(60), |r| {
