@@ -56,6 +56,11 @@ pub struct Config {
     pub study: StudyConfig,
     /// The SR archive and the sending policy (`[report]`).
     pub report: ReportConfig,
+    /// The HTTP endpoints: health, readiness, metrics (`[http]`).
+    pub http: HttpConfig,
+    /// The file this configuration was read from (`None` when built from text); SIGHUP
+    /// reloads it.
+    pub source: Option<PathBuf>,
 }
 
 /// A DICOM Application Entity title: 1 to 16 characters of the default repertoire, no backslash,
@@ -165,6 +170,29 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
+    /// Above this use of the spool's file system (percent, as `df` shows it) new associations
+    /// are refused (transient A-ASSOCIATE-RJ); associations already open go on.
+    pub max_used_percent: f64,
+    /// How long a spooled instance is kept after its study's report was delivered to every
+    /// destination; `None` (`retention_days = 0`): forever.
+    pub retention: Option<Duration>,
+    /// How often the retention task looks for instances to remove.
+    pub retention_interval: Duration,
+}
+
+/// The HTTP endpoints (`[http]`): `/healthz`, `/readyz`, `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Off: no HTTP listener at all.
+    pub enabled: bool,
+    /// Loopback by default: the endpoints carry no patient data, but need no wider audience.
+    pub listen: SocketAddr,
+    /// `/healthz` fails when a loop (receive, a worker) has not beaten for this long.
+    pub stale_after: Duration,
+    /// `/readyz` fails when a due job has waited this long while no job made progress.
+    pub queue_stall: Duration,
+    /// Time limit of each database query and spool probe behind `/readyz` and `/metrics`.
+    pub check_timeout: Duration,
 }
 
 /// An ONNX Runtime execution provider, in the order they are tried.
@@ -286,6 +314,46 @@ struct RawConfig {
     destinations: Vec<RawDestination>,
     #[serde(default)]
     report: RawReport,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    enabled: Option<bool>,
+    listen: Option<String>,
+    stale_after_secs: Option<f64>,
+    queue_stall_secs: Option<f64>,
+    check_timeout_secs: Option<f64>,
+}
+
+impl RawHttp {
+    fn validate(self) -> Result<HttpConfig, ConfigError> {
+        let raw = self.listen.unwrap_or_else(|| "127.0.0.1:8480".into());
+        let listen: SocketAddr = raw.parse().map_err(|_| {
+            invalid(
+                "http.listen",
+                format!("{raw:?} is not \"host:port\" with an IP address"),
+            )
+        })?;
+        Ok(HttpConfig {
+            enabled: self.enabled.unwrap_or(true),
+            listen,
+            stale_after: seconds(
+                "http.stale_after_secs",
+                self.stale_after_secs.unwrap_or(60.0),
+            )?,
+            queue_stall: seconds(
+                "http.queue_stall_secs",
+                self.queue_stall_secs.unwrap_or(900.0),
+            )?,
+            check_timeout: seconds(
+                "http.check_timeout_secs",
+                self.check_timeout_secs.unwrap_or(2.0),
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -376,6 +444,41 @@ struct RawDatabase {
 #[serde(deny_unknown_fields)]
 struct RawSpool {
     dir: Option<PathBuf>,
+    max_used_percent: Option<f64>,
+    retention_days: Option<f64>,
+    retention_interval_secs: Option<f64>,
+}
+
+impl RawSpool {
+    fn validate(self, base: &Path) -> Result<SpoolConfig, ConfigError> {
+        let dir = resolve(
+            base,
+            self.dir.ok_or_else(|| invalid("spool.dir", "missing"))?,
+        );
+        let max_used_percent = self.max_used_percent.unwrap_or(90.0);
+        if !(max_used_percent.is_finite() && max_used_percent > 0.0 && max_used_percent <= 100.0) {
+            return Err(invalid(
+                "spool.max_used_percent",
+                format!("{max_used_percent} is out of range (0, 100]"),
+            ));
+        }
+        let days = self.retention_days.unwrap_or(0.0);
+        if !(days.is_finite() && (0.0..=36_500.0).contains(&days)) {
+            return Err(invalid(
+                "spool.retention_days",
+                format!("{days} is out of range 0..=36500 (0 keeps instances forever)"),
+            ));
+        }
+        Ok(SpoolConfig {
+            dir,
+            max_used_percent,
+            retention: (days > 0.0).then(|| Duration::from_secs_f64(days * 86_400.0)),
+            retention_interval: seconds(
+                "spool.retention_interval_secs",
+                self.retention_interval_secs.unwrap_or(600.0),
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -405,7 +508,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml_str(&text, path, std::env::vars())
+        let mut config = Self::from_toml_str(&text, path, std::env::vars())?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parse TOML text (named `origin` in errors), apply `env` overrides, validate.
@@ -503,14 +608,7 @@ impl RawConfig {
     /// Relative paths are taken from the directory of the configuration file.
     fn validate(self, base: &Path) -> Result<Config, ConfigError> {
         let dicom = self.dicom.validate()?;
-        let spool = SpoolConfig {
-            dir: resolve(
-                base,
-                self.spool
-                    .dir
-                    .ok_or_else(|| invalid("spool.dir", "missing"))?,
-            ),
-        };
+        let spool = self.spool.validate(base)?;
         let destinations = validate_destinations(self.destinations, &dicom.ae_title)?;
         let report = self.report.validate(base, &spool.dir)?;
         Ok(Config {
@@ -522,6 +620,8 @@ impl RawConfig {
             destinations,
             report,
             study: self.study.validate()?,
+            http: self.http.validate()?,
+            source: None,
         })
     }
 }
@@ -1005,6 +1105,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("report.max_attempts"), "{err}");
+    }
+
+    #[test]
+    fn http_and_spool_keys() {
+        let d = load(MINIMAL, &[]).unwrap();
+        assert!(d.http.enabled);
+        assert_eq!(d.http.listen, "127.0.0.1:8480".parse().unwrap());
+        assert_eq!(d.spool.max_used_percent, 90.0);
+        assert_eq!(d.spool.retention, None);
+        let c = load(
+            MINIMAL,
+            &[
+                ("CXR_WORKER__HTTP__LISTEN", "127.0.0.1:0"),
+                ("CXR_WORKER__HTTP__ENABLED", "false"),
+                ("CXR_WORKER__SPOOL__MAX_USED_PERCENT", "75.5"),
+                ("CXR_WORKER__SPOOL__RETENTION_DAYS", "0.5"),
+            ],
+        )
+        .unwrap();
+        assert!(!c.http.enabled);
+        assert_eq!(c.http.listen.port(), 0);
+        assert_eq!(c.spool.max_used_percent, 75.5);
+        assert_eq!(c.spool.retention, Some(Duration::from_secs(43_200)));
+        let cases: &[(&str, &str, &str)] = &[
+            ("CXR_WORKER__HTTP__LISTEN", "localhost:80", "http.listen"),
+            (
+                "CXR_WORKER__HTTP__QUEUE_STALL_SECS",
+                "0",
+                "http.queue_stall_secs",
+            ),
+            (
+                "CXR_WORKER__SPOOL__MAX_USED_PERCENT",
+                "0",
+                "spool.max_used_percent",
+            ),
+            (
+                "CXR_WORKER__SPOOL__MAX_USED_PERCENT",
+                "101",
+                "spool.max_used_percent",
+            ),
+            (
+                "CXR_WORKER__SPOOL__RETENTION_DAYS",
+                "-1",
+                "spool.retention_days",
+            ),
+        ];
+        for (var, value, key) in cases {
+            let err = load(MINIMAL, &[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The daemon: start-up order (database and migrations, spool, listener), signals, drain.
+//! The daemon: start-up order (database and migrations, spool, models, HTTP and DICOM
+//! listeners), the tasks it runs (workers, outbox sender, disk sampler, retention, HTTP, reload),
+//! signals, drain.
 //!
 //! SIGTERM or SIGINT stops accepting associations; the C-STOREs in flight finish and are answered;
-//! then the process exits 0.
+//! then the process exits 0. SIGHUP reloads the configuration ([`crate::reload`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,16 +12,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::diskspace::{self, SpoolSpace};
+use crate::http::{self, HttpState};
 use crate::ingest::Ingest;
-use crate::outbox::{self, OutboxSettings};
+use crate::metrics::Metrics;
+use crate::outbox;
 use crate::pipeline::analyse::Analyser;
 use crate::pipeline::decode::DecodeLimits;
 use crate::pipeline::infer::{Engine, EngineOptions};
-use crate::scp::{self, ScpSettings, ScpStats};
+use crate::reload::{self, Live};
+use crate::scp::{self, ScpStats};
 use crate::spool::{LocalSpool, Storage};
 use crate::systemd::{Heartbeats, Notifier, Watchdog};
 use crate::worker::{self, WorkerSettings};
-use crate::{db, spool};
+use crate::{db, retention, spool};
 use tokio_util::task::TaskTracker;
 
 /// A start-up failure, naming what could not be set up.
@@ -34,6 +40,11 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr} (key http.listen): {source}")]
+    HttpListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("models (keys models.*): {0}")]
@@ -41,8 +52,9 @@ pub enum StartError {
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Under systemd (`Type=notify`) READY=1 is sent only once
-/// the migrations are applied and the port is bound; the watchdog is pinged only while the
-/// receive loop is alive.
+/// the migrations are applied, the models loaded and the ports bound; the watchdog is pinged
+/// only while the receive loop and the workers are alive. SIGHUP reloads what can change safely
+/// (see [`crate::reload`]).
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "NOTIFY_SOCKET unusable: not notifying systemd");
@@ -50,6 +62,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     });
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone(), notifier.clone())?;
+    // installed now: a SIGHUP during start-up must not end the process
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(StartError::Signals)?;
     let pool = db::pool(&config.database)?;
     notify_status(&notifier, "applying database migrations");
     migrate_when_available(&pool, &shutdown).await?;
@@ -62,7 +77,14 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         tracing::info!(swept, "removed staged files left by an earlier run");
     }
     let storage: Arc<dyn Storage> = Arc::new(local);
+    let space = Arc::new(SpoolSpace::new(
+        &config.spool.dir,
+        config.spool.max_used_percent,
+    ));
+    sample_disk_space(&space).await;
     let analysers = load_analysers(&config, &notifier)?;
+    let workers_count = analysers.len();
+    let http_listener = bind_http(&config).await?;
     let listener = TcpListener::bind(config.dicom.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -84,22 +106,33 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         &notifier,
         &format!("receiving as {} on {addr}", config.dicom.ae_title),
     );
-    let workers = TaskTracker::new();
-    let worker_settings = Arc::new(WorkerSettings {
+    let live = Live::new(&config, space.clone());
+    let ingest = Ingest::new(pool.clone(), storage.clone())
+        .with_watermark(space.clone())
+        .max_inflated_bytes(config.dicom.max_dataset_bytes as u64);
+    let scp_stats = Arc::new(ScpStats::default());
+    let metrics = Arc::new(Metrics::new(
+        scp_stats.clone(),
+        ingest.stats.clone(),
+        Some(space.clone()),
+    ));
+    let tasks = TaskTracker::new();
+    let worker_settings = WorkerSettings {
         quiet_period: config.study.quiet_period,
         lease: config.study.lease,
         max_attempts: config.study.max_attempts,
         poll_interval: config.study.poll_interval,
         retry_base: config.study.retry_base,
         archive_dir: config.report.archive_dir.clone(),
-        destinations: config.destinations.clone(),
+        destinations: live.destinations.subscribe(),
         owner: String::new(),
-    });
+        metrics: Some(metrics.clone()),
+    };
     for (n, analyser) in analysers.into_iter().enumerate() {
-        let mut settings = (*worker_settings).clone();
+        let mut settings = worker_settings.clone();
         settings.owner = format!("{}:{}:{n}", hostname(), std::process::id());
         let beat = heartbeats.register(format!("worker-{n}"));
-        workers.spawn(worker::run(
+        tasks.spawn(worker::run(
             pool.clone(),
             storage.clone(),
             analyser,
@@ -108,30 +141,95 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             move || beat.beat(),
         ));
     }
-    workers.spawn(outbox::run(
+    tasks.spawn(outbox::run_live(
         pool.clone(),
-        Arc::new(OutboxSettings::from_config(&config)),
+        live.outbox.subscribe(),
+        Some(metrics.clone()),
         shutdown.clone(),
     ));
-    workers.close();
-    let ingest = Arc::new(
-        Ingest::new(pool.clone(), storage)
-            .max_inflated_bytes(config.dicom.max_dataset_bytes as u64),
+    tasks.spawn(
+        space
+            .clone()
+            .run(diskspace::SAMPLE_INTERVAL, shutdown.clone()),
     );
+    tasks.spawn(retention::run(
+        pool.clone(),
+        storage.clone(),
+        live.retention.subscribe(),
+        Some(metrics.clone()),
+        shutdown.clone(),
+    ));
+    if let Some(http_listener) = http_listener {
+        let state = Arc::new(HttpState {
+            pool: pool.clone(),
+            storage: storage.clone(),
+            heartbeats: heartbeats.clone(),
+            metrics: metrics.clone(),
+            space: space.clone(),
+            workers: workers_count,
+            config: config.http.clone(),
+        });
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = http::serve(http_listener, state, token).await {
+                tracing::error!(error = %e, "HTTP endpoints stopped");
+            }
+        });
+    }
+    let scp_settings = live.scp.subscribe();
+    tasks.spawn(reload::run(
+        hangup,
+        config.source.clone(),
+        config.clone(),
+        live,
+        notifier.clone(),
+        shutdown.clone(),
+    ));
+    tasks.close();
     scp::run(
         listener,
-        Arc::new(ScpSettings::from(&config.dicom)),
-        ingest,
-        Arc::new(ScpStats::default()),
+        scp_settings,
+        Arc::new(ingest),
+        scp_stats,
         shutdown,
         move || receive_beat.beat(),
     )
     .await;
     // the receiver has drained; workers finish the job in hand
-    workers.wait().await;
+    tasks.wait().await;
     pool.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Bind the HTTP endpoints' listener, when `[http] enabled`.
+async fn bind_http(config: &Config) -> Result<Option<TcpListener>, StartError> {
+    if !config.http.enabled {
+        return Ok(None);
+    }
+    let addr = config.http.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::HttpListen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::HttpListen { addr, source })?;
+    tracing::info!(addr = %bound, "HTTP endpoints (healthz, readyz, metrics) listening");
+    Ok(Some(listener))
+}
+
+/// The first disk sample, before the first association.
+async fn sample_disk_space(space: &Arc<SpoolSpace>) {
+    let s = space.clone();
+    match tokio::task::spawn_blocking(move || s.refresh()).await {
+        Ok(Ok(u)) => tracing::info!(
+            used_percent = u.used_percent(),
+            max_used_percent = space.max_used_percent(),
+            "spool disk space"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot sample the spool's disk space"),
+        Err(e) => tracing::warn!(error = %e, "disk space sampling task failed"),
+    }
 }
 
 /// One analyser (ONNX Runtime sessions) per worker; a model that breaks the contract stops

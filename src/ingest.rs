@@ -10,6 +10,7 @@ use std::time::Instant;
 use sqlx::PgPool;
 
 use crate::db::instances::{self, Arrival, Recorded};
+use crate::diskspace::SpoolSpace;
 use crate::pipeline::guard;
 use crate::scp::dimse::status;
 use crate::scp::header::{self, HeaderError, InstanceHeader};
@@ -36,6 +37,8 @@ pub struct Ingest {
     /// Largest inflated size accepted for a deflated data set.
     max_inflated: u64,
     pub stats: Arc<IngestStats>,
+    /// The spool's disk space: above its watermark new associations are refused.
+    space: Option<Arc<SpoolSpace>>,
 }
 
 /// A data set parsed and staged, not yet recorded.
@@ -57,12 +60,19 @@ impl Ingest {
             spool,
             max_inflated: 1 << 30,
             stats: Arc::default(),
+            space: None,
         }
     }
 
     /// Cap the inflated size of deflated data sets (normally `[dicom] max_dataset_mb`).
     pub fn max_inflated_bytes(mut self, bytes: u64) -> Self {
         self.max_inflated = bytes;
+        self
+    }
+
+    /// Refuse new associations while `space` is above its watermark.
+    pub fn with_watermark(mut self, space: Arc<SpoolSpace>) -> Self {
+        self.space = Some(space);
         self
     }
 
@@ -267,5 +277,9 @@ fn prepare(
 impl StoreHandler for Ingest {
     fn store(&self, request: StoreRequest) -> impl Future<Output = StoreOutcome> + Send {
         self.store_request(request)
+    }
+
+    fn admits_associations(&self) -> bool {
+        self.space.as_ref().is_none_or(|s| !s.over_watermark())
     }
 }

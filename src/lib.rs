@@ -16,15 +16,25 @@
 //! - [`telemetry`]: tracing set-up (text or JSON); no patient data is ever logged.
 //! - [`admin`]: the admin commands (findings, status, resend, reprocess, check-config).
 //! - [`systemd`]: sd_notify (READY, STATUS, STOPPING, RELOADING) and a liveness-tied watchdog.
+//! - [`http`]: `/healthz`, `/readyz` and `/metrics` (loopback by default).
+//! - [`metrics`]: the `cxr_` metrics of every stage, in the Prometheus text format.
+//! - [`diskspace`]: the spool's disk use and the watermark that refuses new associations.
+//! - [`retention`]: removes spooled instances once their report was delivered and kept long enough.
+//! - [`reload`]: SIGHUP re-reads the configuration and applies what can change safely.
 
 pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod diskspace;
+pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
+pub mod reload;
 pub mod report;
+pub mod retention;
 pub mod scp;
 pub mod spool;
 pub mod systemd;

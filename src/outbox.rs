@@ -18,9 +18,11 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Destination, ReportConfig};
+use crate::metrics::Metrics;
 use crate::report::BuiltReport;
 use crate::report::send::{self, Delivered, ScuOptions, SendError};
 
@@ -293,15 +295,29 @@ pub async fn rows_for_study(pool: &PgPool, study_uid: &str) -> Result<Vec<Outbox
 /// Deliver due rows until `shutdown`. Sends in progress finish (each is bounded by the SCU
 /// timeouts) before it returns. Database outages are logged and waited out.
 pub async fn run(pool: PgPool, settings: Arc<OutboxSettings>, shutdown: CancellationToken) {
+    let (_fixed, settings) = watch::channel(settings);
+    run_live(pool, settings, None, shutdown).await;
+}
+
+/// [`run`] with settings that may change while it runs (SIGHUP: destinations): each batch of
+/// claimed rows is sent with the value current when it was claimed. Every attempt is counted in
+/// `metrics` when given.
+pub async fn run_live(
+    pool: PgPool,
+    live: watch::Receiver<Arc<OutboxSettings>>,
+    metrics: Option<Arc<Metrics>>,
+    shutdown: CancellationToken,
+) {
     let owner = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple());
     tracing::info!(
         lease_owner = %owner,
-        destinations = settings.destinations.len(),
+        destinations = live.borrow().destinations.len(),
         "outbox sender started"
     );
     let mut listener: Option<PgListener> = None;
-    let mut db_backoff = settings.poll_interval;
+    let mut db_backoff = live.borrow().poll_interval;
     while !shutdown.is_cancelled() {
+        let settings = live.borrow().clone();
         if listener.is_none() {
             listener = listen(&pool).await;
         }
@@ -310,7 +326,7 @@ pub async fn run(pool: PgPool, settings: Arc<OutboxSettings>, shutdown: Cancella
                 db_backoff = settings.poll_interval;
                 join_all(
                     rows.into_iter()
-                        .map(|r| deliver(&pool, &owner, &settings, r)),
+                        .map(|r| deliver(&pool, &owner, &settings, metrics.as_deref(), r)),
                 )
                 .await;
                 continue;
@@ -389,6 +405,17 @@ async fn claim(
     .await
 }
 
+impl Outcome {
+    /// As recorded in `outbox_attempts.outcome` and counted in `cxr_sr_sends_total`.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sent(_) => "sent",
+            Self::Retry { .. } => "retry",
+            Self::Failed { .. } => "failed",
+        }
+    }
+}
+
 /// How one attempt ended, as recorded.
 enum Outcome {
     Sent(Delivered),
@@ -403,7 +430,13 @@ enum Outcome {
     },
 }
 
-async fn deliver(pool: &PgPool, owner: &str, settings: &OutboxSettings, row: OutboxRow) {
+async fn deliver(
+    pool: &PgPool,
+    owner: &str,
+    settings: &OutboxSettings,
+    metrics: Option<&Metrics>,
+    row: OutboxRow,
+) {
     let started = Utc::now();
     let dest = settings
         .destinations
@@ -428,6 +461,9 @@ async fn deliver(pool: &PgPool, owner: &str, settings: &OutboxSettings, row: Out
         }
     };
     log_outcome(&row, &outcome);
+    if let Some(m) = metrics {
+        m.count_send(&row.destination_name, outcome.name());
+    }
     if let Err(e) = record(pool, owner, &row, dest, started, &outcome).await {
         // the lease expires and another attempt follows
         tracing::warn!(outbox_id = row.id, error = %e, "outbox: cannot record the attempt");
@@ -559,11 +595,7 @@ async fn record(
     .bind(row.attempts)
     .bind(owner)
     .bind(started)
-    .bind(match outcome {
-        Outcome::Sent(_) => "sent",
-        Outcome::Retry { .. } => "retry",
-        Outcome::Failed { .. } => "failed",
-    })
+    .bind(outcome.name())
     .bind(status.map(i32::from))
     .bind(&error)
     .bind(&ts)

@@ -12,11 +12,13 @@ use chrono::Local;
 use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use sqlx::PgPool;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Destination;
 use crate::db::analysis::{self, AnalysedInstance, AnalysisRow, LabelRow, NewReport};
 use crate::db::jobs::{self, Job};
+use crate::metrics::Metrics;
 use crate::outbox;
 use crate::pipeline::analyse::{Analyser, Call, ImageReport};
 use crate::report::{
@@ -40,10 +42,13 @@ pub struct WorkerSettings {
     pub retry_base: Duration,
     /// Where SRs are written before they are queued for sending.
     pub archive_dir: PathBuf,
-    /// Where each SR is sent (one outbox row per destination).
-    pub destinations: Vec<Destination>,
+    /// Where each SR is sent (one outbox row per destination); a reload (SIGHUP) changes it for
+    /// the next SR.
+    pub destinations: watch::Receiver<Arc<Vec<Destination>>>,
     /// This worker's name in leases (host:pid:n).
     pub owner: String,
+    /// Where decode and inference times are recorded.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// A job that could not complete: retried unless permanent.
@@ -172,6 +177,9 @@ async fn process(
         return Ok("nothing to analyse".into());
     }
     let reports = run_models(analyser, paths).await?;
+    if let Some(m) = &s.metrics {
+        observe(m, &reports);
+    }
     if !jobs::extend_lease(pool, job.id, &s.owner, s.lease).await? {
         return Err(JobError::LeaseLost);
     }
@@ -261,12 +269,13 @@ async fn process(
         },
     )
     .await?;
+    let destinations = s.destinations.borrow().clone();
     let queued = outbox::enqueue(
         &mut tx,
         study,
         &built.sop_instance_uid,
         &archive_path,
-        &s.destinations,
+        &destinations,
     )
     .await
     .map_err(|e| JobError::Report(format!("cannot queue the SR: {e}")))?;
@@ -335,6 +344,21 @@ async fn run_models(
     .map_err(|e| JobError::Inference(format!("inference thread: {e}")))?;
     *analyser = Some(a);
     result.map_err(|e| JobError::Inference(e.to_string()))
+}
+
+/// Record the decode time of every image and the model times of every analysed one.
+fn observe(metrics: &Metrics, reports: &[ImageReport]) {
+    let secs = |ms: f64| Duration::try_from_secs_f64(ms / 1000.0).unwrap_or_default();
+    for r in reports {
+        metrics.observe_decode(secs(r.timings.decode_ms));
+        if let Some(f) = &r.findings {
+            metrics.observe_inference(
+                &f.provider,
+                secs(r.timings.segment_ms),
+                secs(r.timings.classify_ms),
+            );
+        }
+    }
 }
 
 /// The database rows of an analysed image; `None` when it was not analysed.

@@ -395,8 +395,9 @@ async fn destination_down_then_up_gets_exactly_one_sr_after_backoff() {
     let s = settings(dests.to_vec(), 300, 1200, 0);
     let sender = spawn_sender(&pool, &s);
 
+    // attempts is counted when a row is claimed: wait until the attempt is recorded too
     let r = wait_rows(&pool, &study, Duration::from_secs(20), |r| {
-        r[0].attempts >= 3
+        r[0].attempts >= 3 && r[0].state == "queued"
     })
     .await;
     assert_eq!(r[0].state, "queued");
@@ -741,7 +742,7 @@ async fn sender_rides_out_a_database_outage() {
     archive_and_enqueue(&pool, &dir.path().join("archive"), &sr, &dests).await;
     let sender = spawn_sender(&pool, &settings(dests.to_vec(), 200, 400, 0));
     wait_rows(&pool, &study, Duration::from_secs(20), |r| {
-        r[0].attempts >= 1
+        r[0].attempts >= 1 && r[0].state == "queued"
     })
     .await;
 

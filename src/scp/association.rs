@@ -3,6 +3,7 @@
 //! association goes on; a protocol violation aborts this association only.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use dicom_dictionary_std::uids;
 use dicom_ul::ServerAssociationOptions;
@@ -16,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::dimse::{Command, Response, command_field, status};
-use super::{ScpSettings, StoreHandler, StoreRequest, sop_classes};
+use super::{ScpSettings, ScpStats, StoreHandler, StoreRequest, sop_classes};
 use crate::config::{AllowedPeer, canonical_ip};
 
 /// Largest command set accepted (real ones are a few hundred bytes).
@@ -49,14 +50,16 @@ impl AccessControl for PeerAccess<'_> {
     }
 }
 
-/// Negotiate and serve one association until release, abort, error or shutdown.
+/// Negotiate and serve one association until release, abort, error or shutdown. Returns
+/// whether the association was established.
 pub async fn serve<H: StoreHandler>(
     socket: TcpStream,
     peer: SocketAddr,
     settings: &ScpSettings,
     handler: &H,
+    stats: &ScpStats,
     shutdown: &CancellationToken,
-) {
+) -> bool {
     let access = PeerAccess {
         allowed: &settings.allowed,
         peer,
@@ -78,7 +81,7 @@ pub async fn serve<H: StoreHandler>(
         Ok(a) => a,
         Err(e) => {
             tracing::info!(%peer, error = %e, "association not established");
-            return;
+            return false;
         }
     };
     let calling = association.peer_ae_title().trim_matches(' ').to_string();
@@ -96,6 +99,7 @@ pub async fn serve<H: StoreHandler>(
         max_dataset_bytes: settings.max_dataset_bytes,
         message: None,
         stored: 0,
+        stats,
     };
     let end = state.run(&mut association, handler, shutdown).await;
     match end {
@@ -114,6 +118,7 @@ pub async fn serve<H: StoreHandler>(
             tracing::info!(%peer, calling_ae = %calling, stored = state.stored, %reason, "association closed");
         }
     }
+    true
 }
 
 /// How an association ended.
@@ -136,16 +141,17 @@ struct Message {
     oversize: bool,
 }
 
-struct Session {
+struct Session<'a> {
     peer: SocketAddr,
     calling_ae: String,
     called_ae: String,
     max_dataset_bytes: usize,
     message: Option<Message>,
     stored: u64,
+    stats: &'a ScpStats,
 }
 
-impl Session {
+impl Session<'_> {
     async fn run<H: StoreHandler>(
         &mut self,
         association: &mut AsyncServerAssociation<TcpStream>,
@@ -309,6 +315,9 @@ impl Session {
             .clone()
             .unwrap_or_default();
         if message.oversize {
+            self.stats
+                .instances_oversize
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 peer = %self.peer, sop_instance_uid = %sop_instance,
                 max_bytes = self.max_dataset_bytes, "data set over the size limit: refused"

@@ -20,14 +20,16 @@ use dicom_ul::pdu::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AeTitle, AllowedPeer, DicomConfig};
 use dimse::Command;
 
-/// What the association layer needs to know; built from `[dicom]`.
+/// What the association layer needs to know; built from `[dicom]`. The accept loop reads the
+/// current value for each association, so a reload (SIGHUP) changes the allow-list of the next
+/// association; `max_associations` is fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct ScpSettings {
     pub ae_title: AeTitle,
@@ -92,14 +94,31 @@ impl StoreOutcome {
 /// Makes a received instance durable. Success may be returned only once it is.
 pub trait StoreHandler: Send + Sync + 'static {
     fn store(&self, request: StoreRequest) -> impl Future<Output = StoreOutcome> + Send;
+
+    /// Whether new associations are taken now; `false` (e.g. the spool is above its disk
+    /// watermark) answers them with a transient rejection. Called once per connection, from the
+    /// accept loop: it must not block.
+    fn admits_associations(&self) -> bool {
+        true
+    }
 }
 
 /// Counters of the receiver, read by the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct ScpStats {
+    /// Connections accepted by the listener (each one an association request).
     pub associations_total: AtomicU64,
+    /// Associations being served now.
     pub associations_open: AtomicU64,
-    pub associations_rejected: AtomicU64,
+    /// Rejected because `max_associations` were open (transient, local limit exceeded).
+    pub associations_rejected_limit: AtomicU64,
+    /// Rejected because the spool is above its disk watermark (transient, temporary congestion).
+    pub associations_rejected_disk: AtomicU64,
+    /// Not established: refused in negotiation (called or calling AE title, no acceptable
+    /// presentation context) or failed before it completed.
+    pub associations_not_established: AtomicU64,
+    /// C-STOREs refused because the data set exceeded `max_dataset_mb`.
+    pub instances_oversize: AtomicU64,
 }
 
 /// How often the accept loop reports that it is alive, even with no traffic.
@@ -108,15 +127,17 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Accept associations on `listener` until `shutdown` is cancelled, then wait for the
 /// associations in flight: each finishes the C-STORE it is receiving, then is closed.
 /// `beat` is called at least every [`HEARTBEAT_INTERVAL`] while the loop is alive (watchdog).
+/// Each association uses the value of `settings` current when it was accepted.
 pub async fn run<H: StoreHandler>(
     listener: TcpListener,
-    settings: Arc<ScpSettings>,
+    settings: watch::Receiver<Arc<ScpSettings>>,
     handler: Arc<H>,
     stats: Arc<ScpStats>,
     shutdown: CancellationToken,
     beat: impl Fn() + Send,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.max_associations));
+    let max_associations = settings.borrow().max_associations;
+    let limit = Arc::new(Semaphore::new(max_associations));
     let tracker = TaskTracker::new();
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
@@ -142,19 +163,43 @@ pub async fn run<H: StoreHandler>(
             tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         stats.associations_total.fetch_add(1, Ordering::Relaxed);
+        let settings = settings.borrow().clone();
+        if !handler.admits_associations() {
+            stats
+                .associations_rejected_disk
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "spool above its disk watermark: rejecting the association");
+            tracker.spawn(reject_transient(
+                socket,
+                settings.read_timeout,
+                AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
+            ));
+            continue;
+        }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            stats.associations_rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, max = settings.max_associations, "association limit reached: rejecting");
-            tracker.spawn(reject_busy(socket, settings.read_timeout));
+            stats
+                .associations_rejected_limit
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, max = max_associations, "association limit reached: rejecting");
+            tracker.spawn(reject_transient(
+                socket,
+                settings.read_timeout,
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            ));
             continue;
         };
-        let settings = settings.clone();
         let handler = handler.clone();
         let stats = stats.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             stats.associations_open.fetch_add(1, Ordering::Relaxed);
-            association::serve(socket, peer, &settings, &*handler, &shutdown).await;
+            let established =
+                association::serve(socket, peer, &settings, &*handler, &stats, &shutdown).await;
+            if !established {
+                stats
+                    .associations_not_established
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             stats.associations_open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
@@ -163,9 +208,13 @@ pub async fn run<H: StoreHandler>(
     tracker.wait().await;
 }
 
-/// Answer an association request over the limit with a transient rejection
-/// (service provider, local limit exceeded), so the sender retries later.
-async fn reject_busy(mut socket: TcpStream, read_timeout: Duration) {
+/// Answer an association request with a transient rejection by the service provider
+/// (`reason`: local limit exceeded, temporary congestion), so the sender retries later.
+async fn reject_transient(
+    mut socket: TcpStream,
+    read_timeout: Duration,
+    reason: AssociationRJServiceProviderPresentationReason,
+) {
     let mut buf = BytesMut::with_capacity(4096);
     let read_request = async {
         loop {
@@ -186,9 +235,7 @@ async fn reject_busy(mut socket: TcpStream, read_timeout: Duration) {
     }
     let rj = Pdu::AssociationRJ(AssociationRJ {
         result: AssociationRJResult::Transient,
-        source: AssociationRJSource::ServiceProviderPresentation(
-            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-        ),
+        source: AssociationRJSource::ServiceProviderPresentation(reason),
     });
     let mut out = Vec::new();
     if dicom_ul::pdu::write_pdu(&mut out, &rj).is_ok() {

@@ -143,6 +143,12 @@ pub fn write_config_with(dir: &Path, db_url: &str, dicom_extra: &str, sections: 
     } else {
         tiny_models_section()
     };
+    // the HTTP endpoints on a free port: tests run daemons side by side
+    let http = if sections.contains("[http]") {
+        ""
+    } else {
+        "[http]\nlisten = \"127.0.0.1:0\"\n"
+    };
     let text = format!(
         r#"
 [dicom]
@@ -162,6 +168,7 @@ dir = "spool"
 level = "info,cxr_worker=debug"
 format = "json"
 {models}
+{http}
 {sections}
 "#
     );
@@ -450,6 +457,105 @@ impl Drop for PrivatePg {
         );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+impl Daemon {
+    /// Send a signal (e.g. `libc::SIGHUP`) to the running daemon.
+    pub fn signal(&self, sig: i32) {
+        let child = self.child.as_ref().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, sig);
+        }
+    }
+
+    /// Wait until a log line contains `needle` (after the first `skip` lines); returns it.
+    pub fn wait_log(&self, needle: &str, skip: usize, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(skip)
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {within:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Lines logged so far.
+    pub fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// The address of the HTTP endpoints, from the start-up log.
+    pub fn http_addr(&self) -> SocketAddr {
+        let line = self.wait_log("HTTP endpoints", 0, Duration::from_secs(5));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["addr"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+/// `GET path` over HTTP/1.1 (a plain socket: no HTTP client crate); status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// Parse Prometheus text: `name{labels}` → value, for every sample line.
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).

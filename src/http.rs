@@ -1,0 +1,334 @@
+//! The operators' HTTP endpoints, beside the flow: `/healthz` (liveness), `/readyz` (readiness)
+//! and `/metrics` (Prometheus text format). Loopback by default (`[http] listen`); nothing here
+//! carries patient data.
+//!
+//! - `/healthz`: 200 while every long-running loop (the receive accept loop, each analysis worker)
+//!   has beaten within `[http] stale_after_secs`; 503 naming the stale loops otherwise. The same
+//!   heartbeats gate the systemd watchdog.
+//! - `/readyz`: 200 only when every check passes, 503 otherwise; the JSON body has each check
+//!   with `ok` and `detail`:
+//!   - `database`: `SELECT 1` answers within `[http] check_timeout_secs`;
+//!   - `models`: the analysis workers loaded their models (or the daemon is receive-only);
+//!   - `spool`: a small file can be staged and discarded in the spool, and the spool's file
+//!     system is below its watermark (`[spool] max_used_percent`: new associations are refused
+//!     above it);
+//!   - `queue`: not stalled. Stalled means a job has been due (queued and past its `run_after`,
+//!     or running with an expired lease) for longer than `[http] queue_stall_secs` while no job
+//!     started, finished or renewed its lease in that time. Receive-only daemons skip it.
+//! - `/metrics`: see [`crate::metrics`].
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HttpConfig;
+use crate::diskspace::SpoolSpace;
+use crate::metrics::{self, Metrics, Snapshot};
+use crate::spool::Storage;
+use crate::systemd::Heartbeats;
+
+/// What the endpoints look at.
+#[derive(Debug)]
+pub struct HttpState {
+    pub pool: PgPool,
+    pub storage: Arc<dyn Storage>,
+    pub heartbeats: Heartbeats,
+    pub metrics: Arc<Metrics>,
+    pub space: Arc<SpoolSpace>,
+    /// Analysis workers running, each with its models loaded; 0: receive-only.
+    pub workers: usize,
+    /// `[http]`: thresholds and time limits.
+    pub config: HttpConfig,
+}
+
+/// Serve the endpoints on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// The routes, for [`serve`] and for tests.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+/// One readiness check.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn ok(detail: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn failed(detail: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Liveness {
+    status: &'static str,
+    stale_loops: Vec<String>,
+}
+
+async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
+    let stale = state.heartbeats.stale(state.config.stale_after);
+    let (code, status) = if stale.is_empty() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stale")
+    };
+    (
+        code,
+        axum::Json(Liveness {
+            status,
+            stale_loops: stale,
+        }),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Serialize)]
+struct Readiness {
+    ready: bool,
+    checks: Checks,
+}
+
+#[derive(Debug, Serialize)]
+struct Checks {
+    database: Check,
+    models: Check,
+    spool: Check,
+    queue: Check,
+}
+
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let (database, spool, queue) = tokio::join!(
+        check_database(&state),
+        check_spool(&state),
+        check_queue(&state)
+    );
+    let models = if state.workers == 0 {
+        Check::ok("receive-only (study.workers = 0)")
+    } else {
+        Check::ok(format!("{} worker(s) with models loaded", state.workers))
+    };
+    let checks = Checks {
+        database,
+        models,
+        spool,
+        queue,
+    };
+    let ready = [
+        &checks.database,
+        &checks.models,
+        &checks.spool,
+        &checks.queue,
+    ]
+    .iter()
+    .all(|c| c.ok);
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(Readiness { ready, checks })).into_response()
+}
+
+async fn check_database(state: &HttpState) -> Check {
+    let probe = sqlx::query("SELECT 1").execute(&state.pool);
+    match tokio::time::timeout(state.config.check_timeout, probe).await {
+        Ok(Ok(_)) => Check::ok("SELECT 1 answered"),
+        Ok(Err(e)) => Check::failed(format!("unavailable: {e}")),
+        Err(_) => Check::failed(format!(
+            "no answer within {} ms",
+            state.config.check_timeout.as_millis()
+        )),
+    }
+}
+
+async fn check_spool(state: &HttpState) -> Check {
+    let storage = state.storage.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        storage
+            .stage(&[b"readyz"])
+            .map(|staged| storage.discard(staged))
+    });
+    match tokio::time::timeout(state.config.check_timeout, probe).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Check::failed(format!("not writable: {e}")),
+        Ok(Err(e)) => return Check::failed(format!("probe failed: {e}")),
+        Err(_) => {
+            return Check::failed(format!(
+                "a small write took longer than {} ms",
+                state.config.check_timeout.as_millis()
+            ));
+        }
+    }
+    let max = state.space.max_used_percent();
+    match state.space.last() {
+        Some(u) if state.space.over_watermark() => Check::failed(format!(
+            "file system {:.1}% used, above the watermark of {max}%: new associations are refused",
+            u.used_percent()
+        )),
+        Some(u) => Check::ok(format!(
+            "writable; file system {:.1}% used (watermark {max}%)",
+            u.used_percent()
+        )),
+        None => Check::ok("writable; disk use not sampled yet"),
+    }
+}
+
+async fn check_queue(state: &HttpState) -> Check {
+    if state.workers == 0 {
+        return Check::ok("not checked: receive-only");
+    }
+    let query = sqlx::query_as::<_, (f64, Option<f64>)>(
+        "SELECT GREATEST(
+                  COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(run_after)) FROM jobs
+                            WHERE state = 'queued' AND run_after <= now()), 0),
+                  COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(lease_expires_at)) FROM jobs
+                            WHERE state = 'running' AND lease_expires_at < now()), 0))::float8,
+                (SELECT EXTRACT(EPOCH FROM now() - max(updated_at)) FROM jobs
+                 WHERE state <> 'queued')::float8",
+    )
+    .fetch_one(&state.pool);
+    let (waiting, since_progress) =
+        match tokio::time::timeout(state.config.check_timeout, query).await {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => return Check::failed(format!("cannot read the queue: {e}")),
+            Err(_) => return Check::failed("cannot read the queue in time"),
+        };
+    let stall = state.config.queue_stall.as_secs_f64();
+    let progressing = since_progress.is_some_and(|p| p <= stall);
+    if waiting > stall && !progressing {
+        Check::failed(format!(
+            "stalled: a job has been due for {waiting:.0} s and no job progressed for {} (limit {stall:.0} s)",
+            since_progress.map_or("ever".into(), |p| format!("{p:.0} s"))
+        ))
+    } else {
+        Check::ok(format!("oldest due job waiting {waiting:.0} s"))
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<HttpState>>) -> Response {
+    let snapshot = Snapshot::query(&state.pool, state.config.check_timeout).await;
+    match state.metrics.render(snapshot.as_ref()) {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::IngestStats;
+    use crate::scp::ScpStats;
+    use crate::spool::LocalSpool;
+    use std::time::Duration;
+
+    fn state(dir: &std::path::Path, heartbeats: Heartbeats, workers: usize) -> Arc<HttpState> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let space = Arc::new(SpoolSpace::new(dir, 100.0));
+        space.refresh().unwrap();
+        Arc::new(HttpState {
+            pool,
+            storage: Arc::new(LocalSpool::open(dir).unwrap()),
+            heartbeats,
+            metrics: Arc::new(Metrics::new(
+                Arc::new(ScpStats::default()),
+                Arc::new(IngestStats::default()),
+                Some(space.clone()),
+            )),
+            space,
+            workers,
+            config: HttpConfig {
+                enabled: true,
+                listen: "127.0.0.1:0".parse().unwrap(),
+                stale_after: Duration::from_millis(50),
+                queue_stall: Duration::from_secs(900),
+                check_timeout: Duration::from_millis(300),
+            },
+        })
+    }
+
+    async fn body(r: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn healthz_names_a_loop_that_stopped_beating() {
+        let dir = tempfile::tempdir().unwrap();
+        let beats = Heartbeats::new();
+        let receive = beats.register("receive");
+        let _stuck = beats.register("worker-0");
+        let s = state(dir.path(), beats, 1);
+        let r = healthz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        receive.beat();
+        let r = healthz(State(s)).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v = body(r).await;
+        assert_eq!(v["stale_loops"], serde_json::json!(["worker-0"]));
+    }
+
+    #[tokio::test]
+    async fn readyz_reports_each_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(dir.path(), Heartbeats::new(), 0);
+        let r = readyz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v = body(r).await;
+        assert_eq!(v["ready"], false);
+        assert_eq!(v["checks"]["database"]["ok"], false);
+        assert_eq!(v["checks"]["spool"]["ok"], true, "{v}");
+        assert_eq!(v["checks"]["models"]["ok"], true);
+        assert_eq!(v["checks"]["queue"]["detail"], "not checked: receive-only");
+        // the spool above its watermark fails the spool check
+        s.space.set_max_used_percent(1e-9);
+        s.space.refresh().unwrap();
+        let v = body(readyz(State(s)).await).await;
+        assert_eq!(v["checks"]["spool"]["ok"], false, "{v}");
+        assert!(
+            v["checks"]["spool"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("watermark")
+        );
+    }
+}
