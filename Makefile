@@ -9,8 +9,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 setup:
 	@scripts/setup.sh
 
+# A private PostgreSQL cluster (var/pg, port 55432), unless DATABASE_URL names a server to use.
 db: setup
-	@scripts/pg.sh start >/dev/null
+	@if [[ -z "$${DATABASE_URL:-}" ]]; then scripts/pg.sh start >/dev/null; fi
 
 build: setup
 	cargo build --release

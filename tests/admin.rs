@@ -601,3 +601,26 @@ async fn check_config_reports_each_check_with_its_key() {
     );
     assert!(!text(&o).contains("secret"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_read_only_role_can_read_every_admin_view_and_write_nothing() {
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    cxr_worker::db::migrate(&pool).await.unwrap();
+    // the test's login (CREATEROLE) takes the role, as a DBA would grant it to an admin's login
+    sqlx::query("GRANT cxr_readonly TO CURRENT_USER").execute(&pool).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE cxr_readonly").execute(&mut *tx).await.unwrap();
+    for view in [
+        "studies", "instances", "jobs", "findings", "reports", "outbox", "outbox_attempts",
+        "latest_results", "study_findings", "positive_findings", "failures",
+    ] {
+        let sql = format!("SELECT count(*) FROM {view}");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("cxr_readonly cannot read {view}: {e}"));
+    }
+    let write = sqlx::query("DELETE FROM jobs").execute(&mut *tx).await;
+    assert!(write.is_err(), "cxr_readonly must not write");
+}
