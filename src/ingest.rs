@@ -12,9 +12,10 @@ use sqlx::PgPool;
 use crate::db::instances::{self, Arrival, Recorded};
 use crate::diskspace::SpoolSpace;
 use crate::pipeline::guard;
+use crate::scp::dimse::Command;
 use crate::scp::dimse::status;
 use crate::scp::header::{self, HeaderError, InstanceHeader};
-use crate::scp::{StoreHandler, StoreOutcome, StoreRequest};
+use crate::scp::{DataSink, StoreHandler, StoreOutcome, StoreRequest};
 use crate::spool::{SpoolKey, Staged, Storage};
 
 /// Counters of what was stored and refused, read by the metrics endpoint.
@@ -76,7 +77,7 @@ impl Ingest {
         self
     }
 
-    async fn store_request(&self, req: StoreRequest) -> StoreOutcome {
+    async fn store_request(&self, req: StoreRequest, sink: IngestSink) -> StoreOutcome {
         let started = Instant::now();
         let sop_class = req
             .command
@@ -90,7 +91,6 @@ impl Ingest {
             .unwrap_or_default();
         let spool = self.spool.clone();
         let ts = req.transfer_syntax.clone();
-        let calling = req.calling_ae_title.clone();
         let (req_ts, req_calling, req_called) = (
             req.transfer_syntax.clone(),
             req.calling_ae_title.clone(),
@@ -99,14 +99,21 @@ impl Ingest {
         let req_peer = req.peer.to_string();
         let (sc, si) = (sop_class.clone(), sop_instance.clone());
         let max_inflated = self.max_inflated;
+        let streamed = sink.finish().await;
         let prepared = tokio::task::spawn_blocking(move || {
-            let names = Names {
-                sop_class: &sc,
-                sop_instance: &si,
-                transfer_syntax: &ts,
-                calling_ae: &calling,
-            };
-            prepare(&*spool, &req.dataset, &names, max_inflated)
+            let (meta, Streamed { staged, dataset }) = streamed?;
+            let checked = check(&meta, &dataset, &sc, &si, &ts, max_inflated);
+            match checked {
+                Ok((header, key)) => Ok(Prepared {
+                    header,
+                    key,
+                    staged,
+                }),
+                Err(e) => {
+                    spool.discard(staged);
+                    Err(e)
+                }
+            }
         })
         .await;
         let prepared = match prepared {
@@ -235,48 +242,152 @@ enum CommitError {
     Spool(String),
 }
 
-/// Build the Part 10 file, read and check its header, stage it in the spool.
-/// What the command and the association say about a data set.
-struct Names<'a> {
-    sop_class: &'a str,
-    sop_instance: &'a str,
-    transfer_syntax: &'a str,
-    calling_ae: &'a str,
-}
-
-fn prepare(
-    spool: &dyn Storage,
+/// Check a received data set: its structure (every length fits, sequences closed), then its
+/// header against the command.
+fn check(
+    meta: &[u8],
     dataset: &[u8],
-    names: &Names<'_>,
+    sop_class: &str,
+    sop_instance: &str,
+    transfer_syntax: &str,
     max_inflated: u64,
-) -> Result<Prepared, PrepareError> {
-    let Names {
-        sop_class,
-        sop_instance,
-        transfer_syntax,
-        calling_ae,
-    } = *names;
+) -> Result<(InstanceHeader, SpoolKey), PrepareError> {
     guard::check_data_set(dataset, transfer_syntax, max_inflated)
         .map_err(|e| PrepareError::Header(HeaderError::Unreadable(e.to_string())))?;
-    let meta = header::file_preamble_and_meta(sop_class, sop_instance, transfer_syntax, calling_ae)
-        .map_err(PrepareError::Header)?;
-    let header = header::read_header(&meta, dataset, sop_class, sop_instance)
+    let header = header::read_header(meta, dataset, sop_class, sop_instance)
         .map_err(PrepareError::Header)?;
     let key = SpoolKey::for_instance(&header.study_instance_uid, &header.sop_instance_uid)
         .map_err(|e| PrepareError::Header(HeaderError::Mismatch(e.to_string())))?;
-    let staged = spool
-        .stage(&[&meta, dataset])
-        .map_err(|e| PrepareError::Spool(e.to_string()))?;
-    Ok(Prepared {
-        header,
-        key,
-        staged,
-    })
+    Ok((header, key))
+}
+
+/// A fragment for the staging task, or the end of the data set.
+enum Chunk {
+    Data(Vec<u8>),
+    Finish,
+}
+
+/// The staged file and the data set it holds (kept for the checks).
+struct Streamed {
+    staged: Staged,
+    dataset: Vec<u8>,
+}
+
+/// Fragments queued per C-STORE before the receiver waits for the disk.
+const SINK_QUEUE: usize = 64;
+
+/// Where a received data set goes while it arrives: a blocking task writes each fragment to the
+/// staged file (preamble and meta first), asking the kernel to write back as it goes, so that
+/// little is left to do once the last fragment is in. Dropped unfinished, the file is removed.
+pub struct IngestSink {
+    tx: Option<tokio::sync::mpsc::Sender<Chunk>>,
+    task: Option<tokio::task::JoinHandle<Result<Streamed, PrepareError>>>,
+    meta: Result<Vec<u8>, HeaderError>,
+}
+
+impl IngestSink {
+    /// Close the data set and wait for it to be staged durably.
+    async fn finish(self) -> Result<(Vec<u8>, Streamed), PrepareError> {
+        let meta = self.meta.map_err(PrepareError::Header)?;
+        if let Some(tx) = self.tx {
+            let _ = tx.send(Chunk::Finish).await;
+        }
+        let Some(task) = self.task else {
+            return Err(PrepareError::Spool("no staging task".into()));
+        };
+        let streamed = task
+            .await
+            .map_err(|e| PrepareError::Spool(format!("staging task: {e}")))??;
+        Ok((meta, streamed))
+    }
+}
+
+impl DataSink for IngestSink {
+    async fn push(&mut self, fragment: Vec<u8>) {
+        if let Some(tx) = &self.tx
+            && tx.send(Chunk::Data(fragment)).await.is_err()
+        {
+            // the staging task failed; its error is reported when the data set is complete
+            self.tx = None;
+        }
+    }
+}
+
+/// The staging task: write the preamble and meta, then every fragment, then fsync.
+fn stage_stream(
+    spool: &dyn Storage,
+    meta: &[u8],
+    mut rx: tokio::sync::mpsc::Receiver<Chunk>,
+) -> Result<Streamed, PrepareError> {
+    let spool_error = |e: crate::spool::SpoolError| PrepareError::Spool(e.to_string());
+    let mut writer = spool.stage_writer().map_err(spool_error)?;
+    writer.write(meta).map_err(spool_error)?;
+    let mut dataset: Vec<u8> = Vec::new();
+    while let Some(chunk) = rx.blocking_recv() {
+        match chunk {
+            Chunk::Data(bytes) => {
+                writer.write(&bytes).map_err(spool_error)?;
+                if dataset.is_empty() {
+                    dataset = bytes;
+                } else {
+                    dataset.extend_from_slice(&bytes);
+                }
+            }
+            Chunk::Finish => {
+                let staged = writer.finish().map_err(spool_error)?;
+                return Ok(Streamed { staged, dataset });
+            }
+        }
+    }
+    // the association ended before the data set did: the writer removes the partial file
+    Err(PrepareError::Spool("data set abandoned".into()))
 }
 
 impl StoreHandler for Ingest {
-    fn store(&self, request: StoreRequest) -> impl Future<Output = StoreOutcome> + Send {
-        self.store_request(request)
+    type Sink = IngestSink;
+
+    fn begin(
+        &self,
+        command: &Command,
+        transfer_syntax: &str,
+        calling_ae_title: &str,
+    ) -> IngestSink {
+        let meta = header::file_preamble_and_meta(
+            command
+                .affected_sop_class_uid
+                .as_deref()
+                .unwrap_or_default(),
+            command
+                .affected_sop_instance_uid
+                .as_deref()
+                .unwrap_or_default(),
+            transfer_syntax,
+            calling_ae_title,
+        );
+        let Ok(bytes) = &meta else {
+            return IngestSink {
+                tx: None,
+                task: None,
+                meta,
+            };
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(SINK_QUEUE);
+        let spool = self.spool.clone();
+        let bytes = bytes.clone();
+        let task = tokio::task::spawn_blocking(move || stage_stream(&*spool, &bytes, rx));
+        IngestSink {
+            tx: Some(tx),
+            task: Some(task),
+            meta,
+        }
+    }
+
+    fn store(
+        &self,
+        request: StoreRequest,
+        sink: IngestSink,
+    ) -> impl Future<Output = StoreOutcome> + Send {
+        self.store_request(request, sink)
     }
 
     fn admits_associations(&self) -> bool {

@@ -80,10 +80,21 @@ pub struct Staged {
     pub size: u64,
 }
 
+/// An object being written under a temporary name, piece by piece, while it is received.
+/// Dropped without [`StageWriter::finish`], the partial object is removed.
+pub trait StageWriter: Send {
+    /// Append bytes.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError>;
+    /// Make what was written durable; the object is then staged.
+    fn finish(self: Box<Self>) -> Result<Staged, SpoolError>;
+}
+
 /// The storage interface of the spool.
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Write `parts` (concatenated) durably under a temporary name.
     fn stage(&self, parts: &[&[u8]]) -> Result<Staged, SpoolError>;
+    /// Start staging an object written as it arrives.
+    fn stage_writer(&self) -> Result<Box<dyn StageWriter>, SpoolError>;
     /// Make a staged object durable and visible under `key`, replacing what was there.
     fn publish(&self, staged: Staged, key: &SpoolKey) -> Result<(), SpoolError>;
     /// Drop a staged object that will not be published.
@@ -138,7 +149,103 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         })
 }
 
+/// How much a [`LocalStageWriter`] lets accumulate before asking the kernel to start writing it
+/// out, so that little is left for the final fsync.
+const WRITE_BEHIND_BYTES: u64 = 2 << 20;
+
+/// A staged file written as its data arrives.
+struct LocalStageWriter {
+    file: Option<File>,
+    path: PathBuf,
+    size: u64,
+    flushed: u64,
+}
+
+impl StageWriter for LocalStageWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(SpoolError::Write {
+                path: self.path.clone(),
+                source: io::Error::other("writer already finished"),
+            });
+        };
+        file.write_all(bytes).map_err(|source| SpoolError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.size += bytes.len() as u64;
+        if self.size - self.flushed >= WRITE_BEHIND_BYTES {
+            start_write_back(file, self.flushed, self.size - self.flushed);
+            self.flushed = self.size;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<Staged, SpoolError> {
+        let Some(file) = self.file.take() else {
+            return Err(SpoolError::Write {
+                path: self.path.clone(),
+                source: io::Error::other("writer already finished"),
+            });
+        };
+        if let Err(source) = file.sync_all() {
+            let _ = fs::remove_file(&self.path);
+            return Err(SpoolError::Sync {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        Ok(Staged {
+            path: std::mem::take(&mut self.path),
+            size: self.size,
+        })
+    }
+}
+
+impl Drop for LocalStageWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Ask the kernel to start writing a range back now (Linux `sync_file_range`), without waiting.
+/// Only a hint: durability still comes from the fsync in `finish`.
+fn start_write_back(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the lifetime of `file`; the call only schedules I/O.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 impl Storage for LocalSpool {
+    fn stage_writer(&self) -> Result<Box<dyn StageWriter>, SpoolError> {
+        let path = self
+            .tmp
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| SpoolError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Box::new(LocalStageWriter {
+            file: Some(file),
+            path,
+            size: 0,
+            flushed: 0,
+        }))
+    }
+
     fn stage(&self, parts: &[&[u8]]) -> Result<Staged, SpoolError> {
         let path = self
             .tmp
@@ -243,5 +350,28 @@ mod tests {
         let left = spool.stage(&[b"x"]).unwrap();
         std::mem::forget(left);
         assert_eq!(spool.sweep_staged().unwrap(), 1);
+    }
+
+    #[test]
+    fn stage_writer_streams_and_cleans_up_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = LocalSpool::open(dir.path()).unwrap();
+        let mut w = spool.stage_writer().unwrap();
+        let big = vec![7u8; 3 << 20];
+        w.write(b"head").unwrap();
+        w.write(&big).unwrap();
+        let staged = w.finish().unwrap();
+        assert_eq!(staged.size, 4 + (3 << 20));
+        let key = SpoolKey::for_instance("1.2", "1.2.4").unwrap();
+        spool.publish(staged, &key).unwrap();
+        assert_eq!(spool.read(&key).unwrap().len(), 4 + (3 << 20));
+        // an abandoned writer leaves nothing behind
+        let mut w = spool.stage_writer().unwrap();
+        w.write(b"partial").unwrap();
+        drop(w);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

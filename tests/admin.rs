@@ -608,12 +608,27 @@ async fn the_read_only_role_can_read_every_admin_view_and_write_nothing() {
     let pool = db.pool().await;
     cxr_worker::db::migrate(&pool).await.unwrap();
     // the test's login (CREATEROLE) takes the role, as a DBA would grant it to an admin's login
-    sqlx::query("GRANT cxr_readonly TO CURRENT_USER").execute(&pool).await.unwrap();
+    sqlx::query("GRANT cxr_readonly TO CURRENT_USER")
+        .execute(&pool)
+        .await
+        .unwrap();
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL ROLE cxr_readonly").execute(&mut *tx).await.unwrap();
+    sqlx::query("SET LOCAL ROLE cxr_readonly")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     for view in [
-        "studies", "instances", "jobs", "findings", "reports", "outbox", "outbox_attempts",
-        "latest_results", "study_findings", "positive_findings", "failures",
+        "studies",
+        "instances",
+        "jobs",
+        "findings",
+        "reports",
+        "outbox",
+        "outbox_attempts",
+        "latest_results",
+        "study_findings",
+        "positive_findings",
+        "failures",
     ] {
         let sql = format!("SELECT count(*) FROM {view}");
         sqlx::query(sqlx::AssertSqlSafe(sql))

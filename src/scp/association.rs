@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::dimse::{Command, Response, command_field, status};
-use super::{ScpSettings, ScpStats, StoreHandler, StoreRequest, sop_classes};
+use super::{DataSink, ScpSettings, ScpStats, StoreHandler, StoreRequest, sop_classes};
 use crate::config::{AllowedPeer, canonical_ip};
 
 /// Largest command set accepted (real ones are a few hundred bytes).
@@ -132,27 +132,30 @@ enum End {
 }
 
 /// A DIMSE message being assembled from P-DATA fragments.
-struct Message {
+struct Message<S> {
     pc_id: u8,
     command_bytes: Vec<u8>,
     command: Option<Command>,
-    dataset: Vec<u8>,
+    /// Where the data set's fragments go (from [`StoreHandler::begin`]).
+    sink: Option<S>,
+    /// Data set bytes received so far.
+    received: usize,
     /// The data set exceeded the size cap: its fragments are drained, not kept.
     oversize: bool,
 }
 
-struct Session<'a> {
+struct Session<'a, S> {
     peer: SocketAddr,
     calling_ae: String,
     called_ae: String,
     max_dataset_bytes: usize,
-    message: Option<Message>,
+    message: Option<Message<S>>,
     stored: u64,
     stats: &'a ScpStats,
 }
 
-impl Session<'_> {
-    async fn run<H: StoreHandler>(
+impl<S: DataSink> Session<'_, S> {
+    async fn run<H: StoreHandler<Sink = S>>(
         &mut self,
         association: &mut AsyncServerAssociation<TcpStream>,
         handler: &H,
@@ -199,7 +202,7 @@ impl Session<'_> {
         }
     }
 
-    async fn on_pdata<H: StoreHandler>(
+    async fn on_pdata<H: StoreHandler<Sink = S>>(
         &mut self,
         value: PDataValue,
         association: &mut AsyncServerAssociation<TcpStream>,
@@ -222,7 +225,8 @@ impl Session<'_> {
             pc_id: value.presentation_context_id,
             command_bytes: Vec::new(),
             command: None,
-            dataset: Vec::new(),
+            sink: None,
+            received: 0,
             oversize: false,
         });
         if message.pc_id != value.presentation_context_id {
@@ -247,6 +251,10 @@ impl Session<'_> {
                 let command = Command::parse(&message.command_bytes)
                     .map_err(|e| End::Abort(format!("unreadable command: {e}")))?;
                 if command.has_data_set {
+                    if command.field == command_field::C_STORE_RQ {
+                        message.sink =
+                            Some(handler.begin(&command, &transfer_syntax, &self.calling_ae));
+                    }
                     message.command = Some(command);
                     return Ok(());
                 }
@@ -258,15 +266,13 @@ impl Session<'_> {
                 let Some(command) = message.command.clone() else {
                     return Err(End::Abort("data set fragment before its command".into()));
                 };
-                if !message.oversize {
-                    if message.dataset.len() + value.data.len() > self.max_dataset_bytes {
-                        message.oversize = true;
-                        message.dataset = Vec::new();
-                    } else if message.dataset.is_empty() {
-                        message.dataset = value.data;
-                    } else {
-                        message.dataset.extend_from_slice(&value.data);
-                    }
+                message.received = message.received.saturating_add(value.data.len());
+                if message.received > self.max_dataset_bytes {
+                    // abandon what was kept; drain the rest
+                    message.oversize = true;
+                    message.sink = None;
+                } else if let Some(sink) = message.sink.as_mut() {
+                    sink.push(value.data).await;
                 }
                 if !value.is_last {
                     return Ok(());
@@ -292,10 +298,10 @@ impl Session<'_> {
             .with_comment("only C-ECHO and C-STORE are supported")
     }
 
-    async fn answer_store<H: StoreHandler>(
+    async fn answer_store<H: StoreHandler<Sink = S>>(
         &mut self,
         command: Command,
-        message: Message,
+        message: Message<S>,
         transfer_syntax: String,
         abstract_syntax: &str,
         handler: &H,
@@ -327,15 +333,18 @@ impl Session<'_> {
                 self.max_dataset_bytes >> 20
             ));
         }
+        let Some(sink) = message.sink else {
+            return Response::to(&command, status::OUT_OF_RESOURCES)
+                .with_comment("data set was not kept");
+        };
         let request = StoreRequest {
             command: command.clone(),
             transfer_syntax,
-            dataset: message.dataset,
             calling_ae_title: self.calling_ae.clone(),
             called_ae_title: self.called_ae.clone(),
             peer: self.peer,
         };
-        let outcome = handler.store(request).await;
+        let outcome = handler.store(request, sink).await;
         if outcome.status == status::SUCCESS {
             self.stored += 1;
         }

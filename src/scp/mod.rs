@@ -57,12 +57,12 @@ impl From<&DicomConfig> for ScpSettings {
     }
 }
 
-/// One received C-STORE: the command, the data set bytes exactly as received, and who sent it.
+/// One received C-STORE: the command, its transfer syntax, and who sent it. The data set itself
+/// went to the handler's [`DataSink`] as it arrived.
 #[derive(Debug)]
 pub struct StoreRequest {
     pub command: Command,
     pub transfer_syntax: String,
-    pub dataset: Vec<u8>,
     pub calling_ae_title: String,
     pub called_ae_title: String,
     pub peer: SocketAddr,
@@ -91,9 +91,26 @@ impl StoreOutcome {
     }
 }
 
+/// Takes a data set's fragments in order, as they arrive, so that storing overlaps with
+/// receiving. Dropping a sink abandons its data set.
+pub trait DataSink: Send + 'static {
+    fn push(&mut self, fragment: Vec<u8>) -> impl Future<Output = ()> + Send;
+}
+
 /// Makes a received instance durable. Success may be returned only once it is.
 pub trait StoreHandler: Send + Sync + 'static {
-    fn store(&self, request: StoreRequest) -> impl Future<Output = StoreOutcome> + Send;
+    type Sink: DataSink;
+
+    /// A C-STORE command is complete and its data set follows: where its fragments go.
+    fn begin(&self, command: &Command, transfer_syntax: &str, calling_ae_title: &str)
+    -> Self::Sink;
+
+    /// The whole data set went into `sink`: make it durable and answer.
+    fn store(
+        &self,
+        request: StoreRequest,
+        sink: Self::Sink,
+    ) -> impl Future<Output = StoreOutcome> + Send;
 
     /// Whether new associations are taken now; `false` (e.g. the spool is above its disk
     /// watermark) answers them with a transient rejection. Called once per connection, from the
