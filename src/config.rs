@@ -426,7 +426,7 @@ impl RawStudy {
             retry_base: seconds("study.retry_base_secs", self.retry_base_secs.unwrap_or(5.0))?,
             poll_interval: seconds(
                 "study.poll_interval_secs",
-                self.poll_interval_secs.unwrap_or(1.0),
+                self.poll_interval_secs.unwrap_or(0.25),
             )?,
         })
     }
