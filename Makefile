@@ -2,7 +2,6 @@
 SHELL := /bin/bash
 VENV := .venv
 export ORT_DYLIB_PATH ?= $(CURDIR)/$(VENV)/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup db build test test-rust test-python demo models bench clean-db lint install
 
@@ -26,7 +25,7 @@ test: setup db
 	$(MAKE) --no-print-directory test-python
 
 test-rust:
-	DATABASE_URL=$${DATABASE_URL:-$$(scripts/pg.sh url)} cargo test --release -- --test-threads=2
+	DATABASE_URL=$${DATABASE_URL:-$$(scripts/pg.sh url)} cargo test --release --no-fail-fast -- --test-threads=2
 
 test-python:
 	scripts/test-python.sh
