@@ -147,6 +147,11 @@ max_pdu_length = $PDU
 url = "$url"
 [spool]
 dir = "spool"
+[study]
+# receive only: the benchmark measures the receiver, not the analysis
+workers = 0
+[http]
+enabled = false
 [log]
 level = "info"
 format = "json"
