@@ -3,12 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod gate;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
+use gate::{dicom_field, validate};
 use sqlx::PgPool;
 
 fn start(db: &TestDb, pacs: &StoreScp) -> Daemon {
@@ -47,35 +48,6 @@ async fn wait_for(pool: &PgPool, sql: &'static str, want: i64, within: Duration)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn validate(sr: &Path) -> serde_json::Value {
-    let v = run("dciodvfy", &[sr.to_str().unwrap()]);
-    let out = text(&v);
-    assert!(
-        v.status.code().is_some_and(|c| c < 128),
-        "dciodvfy crashed: {out}"
-    );
-    assert!(
-        !out.lines().any(|l| l.starts_with("Error")),
-        "dciodvfy errors in {}:\n{out}",
-        sr.display()
-    );
-    let d = run("dsrdump", &[sr.to_str().unwrap()]);
-    let out = text(&d);
-    assert!(d.status.success(), "dsrdump: {out}");
-    assert!(
-        !out.lines()
-            .any(|l| l.starts_with("E:") || l.starts_with("F:")),
-        "dsrdump: {out}"
-    );
-    let h = Command::new(python())
-        .arg(root().join("tests/python/sr_findings.py"))
-        .arg(sr)
-        .output()
-        .unwrap();
-    assert!(h.status.success(), "highdicom read-back: {}", text(&h));
-    serde_json::from_slice(&h.stdout).unwrap()
 }
 
 fn sr_for_study<'a>(
@@ -168,8 +140,8 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
         })
         .collect();
     assert_eq!(srs.len(), 3);
-    let chest_study = sop_field(&chest, "0020,000d");
-    let chest_sop = sop_field(&chest, "0008,0018");
+    let chest_study = dicom_field(&chest, "0020,000d");
+    let chest_sop = dicom_field(&chest, "0008,0018");
     let mine = sr_for_study(&srs, &chest_study);
     assert_eq!(mine.len(), 1);
     let sr = &mine[0].1;
@@ -204,7 +176,7 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
             .iter()
             .any(|t| t.as_str().unwrap().contains("UNTRAINED"))
     );
-    let hip_study = sop_field(&hip, "0020,000d");
+    let hip_study = dicom_field(&hip, "0020,000d");
     let hip_sr = &sr_for_study(&srs, &hip_study)[0].1;
     assert!(
         hip_sr["texts"]
@@ -225,7 +197,7 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
             .await
             .unwrap();
     let late = fixture("RG1_J2KR.dcm"); // same study, another instance
-    assert_eq!(sop_field(&late, "0020,000d"), chest_study);
+    assert_eq!(dicom_field(&late, "0020,000d"), chest_study);
     let acks = pynetdicom_send(&d, "MODALITY", 1, std::slice::from_ref(&late));
     assert_eq!(acks[0].status, 0);
     wait_for(
@@ -255,20 +227,10 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
     let log = d.log_text();
     for f in [&chest, &dx, &hip, &late] {
         for tag in ["0010,0010", "0010,0020"] {
-            let v = sop_field(f, tag);
+            let v = dicom_field(f, tag);
             if v.len() > 2 {
                 assert!(!log.contains(&v), "{tag} of {} in the log", f.display());
             }
         }
     }
-}
-
-/// A value from a fixture's data set, via DCMTK.
-fn sop_field(path: &Path, tag: &str) -> String {
-    let o = run("dcmdump", &["-q", "+P", tag, path.to_str().unwrap()]);
-    String::from_utf8_lossy(&o.stdout)
-        .split(['[', ']'])
-        .nth(1)
-        .unwrap_or_default()
-        .to_string()
 }
