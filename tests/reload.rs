@@ -7,29 +7,9 @@ mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-fn messages_until(socket: &UnixDatagram, want: &str, within: Duration) -> Vec<String> {
-    let deadline = Instant::now() + within;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        if let Ok(n) = socket.recv(&mut buf) {
-            let m = String::from_utf8_lossy(&buf[..n]).to_string();
-            let done = m.contains(want);
-            seen.push(m);
-            if done {
-                return seen;
-            }
-        }
-    }
-    panic!("no {want} within {within:?}; saw {seen:?}");
-}
 
 fn echo(d: &Daemon, calling: &str) -> bool {
     run(
