@@ -114,7 +114,8 @@ psql "$DB" -P pager=off -c "
   SELECT s.accession_number AS accession, f.label, round(f.probability::numeric, 3) AS probability,
          f.threshold, CASE WHEN f.present THEN 'Present' ELSE 'Absent' END AS call
   FROM findings f JOIN studies s USING (study_instance_uid)
-  ORDER BY s.accession_number, f.label_index" | head -n 34
+  ORDER BY s.accession_number, f.label_index" > "$DEMO/findings.txt"
+head -n 34 "$DEMO/findings.txt"
 psql "$DB" -P pager=off -c "
   SELECT s.accession_number AS accession, round(a.cardiothoracic_ratio::numeric, 3) AS ctr,
          a.execution_provider AS provider, round(a.decode_ms) AS decode_ms,
@@ -128,8 +129,9 @@ sr_uid=$(psql "$DB" -qAtc "SELECT sr_sop_instance_uid FROM reports WHERE kind = 
 sr=$(orthanc /tools/find -X POST -d "{\"Level\":\"Instance\",\"Query\":{\"SOPInstanceUID\":\"$sr_uid\"}}" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)[0])')
 orthanc "/instances/$sr/file" > "$DEMO/report-from-orthanc.dcm"
-dsrdump "$DEMO/report-from-orthanc.dcm" | head -n 90
-echo "  ... ($(dsrdump "$DEMO/report-from-orthanc.dcm" | wc -l) lines in all)"
+dsrdump "$DEMO/report-from-orthanc.dcm" > "$DEMO/report-from-orthanc.txt"
+head -n 90 "$DEMO/report-from-orthanc.txt"
+echo "  ... ($(wc -l < "$DEMO/report-from-orthanc.txt") lines in all: $DEMO/report-from-orthanc.txt)"
 for f in $(orthanc /tools/find -X POST -d '{"Level":"Instance","Query":{"Modality":"SR"}}' | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)))'); do
   orthanc "/instances/$f/file" > "$DEMO/sr-$f.dcm"
   printf '  %s: dciodvfy errors %s, dsrdump errors %s\n' "$f" \
