@@ -5,8 +5,16 @@
 # Honours PGDIR (default var/pg), PGPORT (default 55432). Installs PostgreSQL when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PGDIR=${PGDIR:-$PWD/var/pg}
 PGPORT=${PGPORT:-55432}
+if [[ -z ${PGDIR:-} ]]; then
+  PGDIR=$PWD/var/pg
+  # As root the server runs as `postgres`, which must reach the data directory: a checkout under
+  # /root (mode 700) is out of its reach, so the cluster then lives under /var/tmp instead.
+  if [[ $(id -u) == 0 ]] && id postgres >/dev/null 2>&1 \
+     && ! runuser -u postgres -- test -x "$PWD" 2>/dev/null; then
+    PGDIR=/var/tmp/cxr-worker-pg/$(printf '%s' "$PWD" | sha256sum | cut -c1-12)
+  fi
+fi
 URL="postgres://cxr:cxr@127.0.0.1:$PGPORT/cxr"
 
 pgbin() {
@@ -27,7 +35,8 @@ ensure_installed() {
 }
 
 as_pg() {
-  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+  # from / so that postgres is not left in a directory it cannot enter
+  if [[ $(id -u) == 0 ]]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 cmd=${1:-start}
@@ -36,7 +45,7 @@ case $cmd in
     ensure_installed
     BIN=$(pgbin)
     mkdir -p "$PGDIR"
-    [[ $(id -u) == 0 ]] && chown postgres "$PGDIR" && chmod 700 "$PGDIR"
+    if [[ $(id -u) == 0 ]]; then chown postgres "$PGDIR" && chmod 700 "$PGDIR"; fi
     if [[ ! -f $PGDIR/PG_VERSION ]]; then
       as_pg "$BIN/initdb" -D "$PGDIR" -U postgres -A trust >/dev/null
       cat >> "$PGDIR/postgresql.conf" <<CONF
