@@ -57,7 +57,9 @@ max_connections = 200
 CONF
     fi
     if ! as_pg "$BIN/pg_ctl" -D "$PGDIR" status >/dev/null 2>&1; then
-      as_pg "$BIN/pg_ctl" -D "$PGDIR" -l "$PGDIR/server.log" -w start >/dev/null
+      # the port and socket directory are given at every start, not only at initdb
+      as_pg "$BIN/pg_ctl" -D "$PGDIR" -l "$PGDIR/server.log" -w \
+        -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1" start >/dev/null
     fi
     psql_() { as_pg psql -h 127.0.0.1 -p "$PGPORT" -U postgres -qAt "$@"; }
     if [[ -z $(psql_ -c "select 1 from pg_roles where rolname='cxr'") ]]; then
