@@ -15,25 +15,6 @@ use common::*;
 use serde_json::Value;
 use sqlx::PgPool;
 
-fn daemon_sections(pacs_port: u16) -> String {
-    format!(
-        r#"
-[study]
-quiet_period_secs = 1
-workers = 1
-poll_interval_secs = 0.2
-
-[report]
-retry_base_secs = 0.5
-
-[[destinations]]
-ae_title = "PACS"
-host = "127.0.0.1"
-port = {pacs_port}
-"#
-    )
-}
-
 /// Run `cxr-worker ARGS --config CONFIG`.
 fn cli(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cxr-worker"))
@@ -152,7 +133,7 @@ async fn admin_commands_find_report_resend_and_reprocess() {
     let db = TestDb::create().await;
     let pacs = StoreScp::start();
     let dir = tempfile::tempdir().unwrap().keep();
-    let config = write_config_with(&dir, &db.url, "", &daemon_sections(pacs.port));
+    let config = write_config_with(&dir, &db.url, "", &analysis_sections(pacs.port));
     let mut d = Daemon::start_with(dir.clone(), config.clone());
     let pool = db.pool().await;
 

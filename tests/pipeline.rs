@@ -14,23 +14,7 @@ use sqlx::PgPool;
 
 fn start(db: &TestDb, pacs: &StoreScp) -> Daemon {
     let dir = tempfile::tempdir().unwrap().keep();
-    let sections = format!(
-        r#"
-[study]
-quiet_period_secs = 1
-workers = 1
-poll_interval_secs = 0.2
-
-[report]
-retry_base_secs = 0.5
-
-[[destinations]]
-ae_title = "PACS"
-host = "127.0.0.1"
-port = {}
-"#,
-        pacs.port
-    );
+    let sections = analysis_sections(pacs.port);
     let config = write_config_with(&dir, &db.url, "", &sections);
     Daemon::start_with(dir, config)
 }

@@ -670,3 +670,24 @@ pub fn messages_until(
     }
     panic!("no {want} within {within:?}; saw {seen:?}");
 }
+
+/// Config sections for a daemon that analyses (one worker, 1 s quiet period, quick polling) and
+/// sends its SRs to the AE `PACS` on 127.0.0.1:`pacs_port`.
+pub fn analysis_sections(pacs_port: u16) -> String {
+    format!(
+        r#"
+[study]
+quiet_period_secs = 1
+workers = 1
+poll_interval_secs = 0.2
+
+[report]
+retry_base_secs = 0.5
+
+[[destinations]]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {pacs_port}
+"#
+    )
+}
