@@ -11,7 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bytes = std::fs::read(&path)?;
         let read = t.elapsed();
         let t = Instant::now();
-        guard::check(&bytes, limits.max_file_bytes)?;
+        guard::check(
+            &bytes,
+            guard::Limits::with_max_inflated(limits.max_file_bytes),
+        )?;
         let g = t.elapsed();
         let t = Instant::now();
         let file = decode::open_bytes(&bytes, &limits)?;

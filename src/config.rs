@@ -23,10 +23,15 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("configuration file {path} is not valid TOML: {source}")]
+    /// The file's text is never quoted (it may hold the database password): only the place.
+    #[error(
+        "configuration file {path} is not valid TOML at line {line}, column {column}: {message}"
+    )]
     ParseFile {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        line: usize,
+        column: usize,
+        message: String,
     },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
@@ -58,6 +63,8 @@ pub struct Config {
     pub report: ReportConfig,
     /// The HTTP endpoints: health, readiness, metrics (`[http]`).
     pub http: HttpConfig,
+    /// How images are decoded for analysis (`[decode]`).
+    pub decode: DecodeConfig,
     /// The file this configuration was read from (`None` when built from text); SIGHUP
     /// reloads it.
     pub source: Option<PathBuf>,
@@ -150,7 +157,18 @@ pub struct DicomConfig {
     pub listen: SocketAddr,
     /// Empty: any calling AE title is accepted.
     pub allowed_calling_ae_titles: Vec<AllowedPeer>,
+    /// Associations served at once; more are rejected as transient.
     pub max_associations: usize,
+    /// Associations served at once from one peer address.
+    pub max_associations_per_host: usize,
+    /// Connections waiting for their A-ASSOCIATE-RQ, in all; more are closed at once.
+    pub max_pending_associations: usize,
+    /// Connections waiting for their A-ASSOCIATE-RQ from one peer address.
+    pub max_pending_per_host: usize,
+    /// How long a new connection has to send its A-ASSOCIATE-RQ.
+    pub association_request_timeout: Duration,
+    /// Bytes that received data may hold in memory at once, all associations together.
+    pub receive_memory_budget_bytes: usize,
     pub max_pdu_length: u32,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -193,6 +211,18 @@ pub struct HttpConfig {
     pub queue_stall: Duration,
     /// Time limit of each database query and spool probe behind `/readyz` and `/metrics`.
     pub check_timeout: Duration,
+}
+
+/// Decoding of received images for analysis (`[decode]`): each image is decoded in a helper
+/// process with these limits, so that a codec's crash or runaway allocation costs that image only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeConfig {
+    /// Largest image decoded, in pixels (rows × columns); larger ones are not analysed.
+    pub max_pixels: u64,
+    /// Address-space limit of the decode helper process, in bytes.
+    pub memory_limit_bytes: u64,
+    /// Wall-clock limit for one image; the helper is killed beyond it.
+    pub timeout: Duration,
 }
 
 /// An ONNX Runtime execution provider, in the order they are tried.
@@ -316,6 +346,38 @@ struct RawConfig {
     report: RawReport,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    decode: RawDecode,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDecode {
+    max_pixels: Option<i64>,
+    memory_limit_mb: Option<i64>,
+    timeout_secs: Option<f64>,
+}
+
+impl RawDecode {
+    fn validate(self) -> Result<DecodeConfig, ConfigError> {
+        let max_pixels = positive(
+            "decode.max_pixels",
+            self.max_pixels.unwrap_or(50_000_000),
+            1_000_000_000,
+        )? as u64;
+        let memory_mb = self.memory_limit_mb.unwrap_or(2048);
+        if !(256..=1_048_576).contains(&memory_mb) {
+            return Err(invalid(
+                "decode.memory_limit_mb",
+                format!("{memory_mb} is out of range 256..=1048576"),
+            ));
+        }
+        Ok(DecodeConfig {
+            max_pixels,
+            memory_limit_bytes: memory_mb as u64 * 1_048_576,
+            timeout: seconds("decode.timeout_secs", self.timeout_secs.unwrap_or(120.0))?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -387,6 +449,11 @@ struct RawDicom {
     #[serde(default)]
     allowed_calling_ae_titles: Vec<String>,
     max_associations: Option<i64>,
+    max_associations_per_host: Option<i64>,
+    max_pending_associations: Option<i64>,
+    max_pending_per_host: Option<i64>,
+    association_request_timeout_secs: Option<f64>,
+    receive_memory_mb: Option<f64>,
     max_pdu_length: Option<i64>,
     read_timeout_secs: Option<f64>,
     write_timeout_secs: Option<f64>,
@@ -519,20 +586,81 @@ impl Config {
         origin: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|source| ConfigError::ParseFile {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e: toml::de::Error| {
+            let (line, column) = e
+                .span()
+                .map_or((0, 0), |span| line_and_column(text, span.start));
+            ConfigError::ParseFile {
                 path: origin.to_path_buf(),
-                source: Box::new(source),
-            })?;
+                line,
+                column,
+                message: redact(e.message(), &secrets_in_text(text)),
+            }
+        })?;
         apply_env_overrides(&mut table, env)?;
+        let secrets = secrets_in_table(&table);
         let raw: RawConfig =
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Shape {
-                    message: e.message().to_string(),
+                    message: redact(e.message(), &secrets),
                 })?;
         raw.validate(origin.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| match e {
+                ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                    message: redact(&message, &secrets),
+                    key,
+                },
+                other => other,
+            })
     }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Values that must never appear in an error: every string of the `[database]` section (the URL
+/// carries the password), and the password part of any URL.
+fn secrets_in_table(table: &toml::Table) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(toml::Value::Table(db)) = table.get("database") {
+        for v in db.values() {
+            if let toml::Value::String(s) = v {
+                out.push(s.clone());
+                out.extend(url_password(s));
+            }
+        }
+    }
+    out
+}
+
+/// Secrets of a file that does not parse: the password of every URL in it.
+fn secrets_in_text(text: &str) -> Vec<String> {
+    text.split(|c: char| c == '"' || c == '\'' || c.is_whitespace())
+        .filter_map(url_password)
+        .collect()
+}
+
+/// `pass` of `scheme://user:pass@host...`.
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split(['/', '?', '#']).next()?.rsplit_once('@')?.0;
+    let password = userinfo.split_once(':')?.1;
+    (!password.is_empty()).then(|| password.to_string())
+}
+
+/// `message` with every secret replaced.
+fn redact(message: &str, secrets: &[String]) -> String {
+    let mut out = message.to_string();
+    for secret in secrets.iter().filter(|s| s.len() >= 3) {
+        out = out.replace(secret.as_str(), "<redacted>");
+    }
+    out
 }
 
 /// Apply `CXR_WORKER__SECTION__KEY=value` overrides. A value is read as a TOML value (`32`,
@@ -621,6 +749,7 @@ impl RawConfig {
             report,
             study: self.study.validate()?,
             http: self.http.validate()?,
+            decode: self.decode.validate()?,
             source: None,
         })
     }
@@ -750,11 +879,43 @@ impl RawDicom {
             self.max_associations.unwrap_or(32),
             4096,
         )? as usize;
+        let max_associations_per_host = positive(
+            "dicom.max_associations_per_host",
+            self.max_associations_per_host
+                .unwrap_or(16.min(max_associations as i64)),
+            max_associations as i64,
+        )? as usize;
+        let max_pending_associations = positive(
+            "dicom.max_pending_associations",
+            self.max_pending_associations.unwrap_or(64),
+            65_536,
+        )? as usize;
+        let max_pending_per_host = positive(
+            "dicom.max_pending_per_host",
+            self.max_pending_per_host
+                .unwrap_or(8.min(max_pending_associations as i64)),
+            max_pending_associations as i64,
+        )? as usize;
         let max_pdu_length = self.max_pdu_length.unwrap_or(131_072);
         if !(4096..=1_048_576).contains(&max_pdu_length) {
             return Err(invalid(
                 "dicom.max_pdu_length",
                 format!("{max_pdu_length} is out of range 4096..=1048576"),
+            ));
+        }
+        let receive_memory_mb = self.receive_memory_mb.unwrap_or(256.0);
+        // one association's read buffers and a few fragments must fit
+        let least = (8 * max_pdu_length) as f64 / 1_048_576.0;
+        if !(receive_memory_mb.is_finite()
+            && receive_memory_mb >= least
+            && receive_memory_mb <= 1_048_576.0)
+        {
+            return Err(invalid(
+                "dicom.receive_memory_mb",
+                format!(
+                    "{receive_memory_mb} is out of range [{least}, 1048576] \
+                     (at least 8 PDUs of dicom.max_pdu_length)"
+                ),
             ));
         }
         let max_dataset_mb = self.max_dataset_mb.unwrap_or(512.0);
@@ -796,6 +957,14 @@ impl RawDicom {
             listen,
             allowed_calling_ae_titles,
             max_associations,
+            max_associations_per_host,
+            max_pending_associations,
+            max_pending_per_host,
+            association_request_timeout: seconds(
+                "dicom.association_request_timeout_secs",
+                self.association_request_timeout_secs.unwrap_or(10.0),
+            )?,
+            receive_memory_budget_bytes: (receive_memory_mb * 1_048_576.0) as usize,
             max_pdu_length: max_pdu_length as u32,
             read_timeout: seconds(
                 "dicom.read_timeout_secs",
@@ -941,6 +1110,26 @@ mod tests {
             Path::new("/etc/cxr-worker/cxr-worker.toml"),
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
+    }
+
+    #[test]
+    fn errors_never_quote_the_database_password() {
+        let broken = [
+            // a syntax error on the line that holds the password
+            "[database]\nurl = \"postgres://cxr:s3cr3t-pw@db/cxr\" oops\n",
+            "[database]\nurl = \"postgres://cxr:s3cr3t-pw@db/cxr\n",
+            "[database]\nurl = postgres://cxr:s3cr3t-pw@db/cxr\n",
+            // a type error
+            "[database]\nurl = \"postgres://cxr:s3cr3t-pw@db/cxr\"\nmax_connections = \"postgres://cxr:s3cr3t-pw@db\"\n[spool]\ndir = \"/s\"\n",
+            // a validation error
+            "[database]\nurl = \"mysql://cxr:s3cr3t-pw@db/cxr\"\n[spool]\ndir = \"/s\"\n",
+        ];
+        for text in broken {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(!err.contains("s3cr3t"), "{err}");
+        }
+        let err = load(broken[0], &[]).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::diskspace::{self, SpoolSpace};
 use crate::http::{self, HttpState};
@@ -18,7 +19,7 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::pipeline::analyse::Analyser;
-use crate::pipeline::decode::DecodeLimits;
+use crate::pipeline::helper::{self, Decoder};
 use crate::pipeline::infer::{Engine, EngineOptions};
 use crate::reload::{self, Live};
 use crate::scp::{self, ScpStats};
@@ -107,15 +108,15 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         &format!("receiving as {} on {addr}", config.dicom.ae_title),
     );
     let live = Live::new(&config, space.clone());
-    let ingest = Ingest::new(pool.clone(), storage.clone())
+    let budget = MemoryBudget::new(config.dicom.receive_memory_budget_bytes);
+    let ingest = Ingest::new(pool.clone(), storage.clone(), budget.clone())
         .with_watermark(space.clone())
         .max_inflated_bytes(config.dicom.max_dataset_bytes as u64);
     let scp_stats = Arc::new(ScpStats::default());
-    let metrics = Arc::new(Metrics::new(
-        scp_stats.clone(),
-        ingest.stats.clone(),
-        Some(space.clone()),
-    ));
+    let metrics = Arc::new(
+        Metrics::new(scp_stats.clone(), ingest.stats.clone(), Some(space.clone()))
+            .with_budget(budget.clone()),
+    );
     let tasks = TaskTracker::new();
     let worker_settings = WorkerSettings {
         quiet_period: config.study.quiet_period,
@@ -127,18 +128,19 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         destinations: live.destinations.subscribe(),
         owner: String::new(),
         metrics: Some(metrics.clone()),
+        reload: Some(analyser_factory(&config)),
     };
     for (n, analyser) in analysers.into_iter().enumerate() {
         let mut settings = worker_settings.clone();
         settings.owner = format!("{}:{}:{n}", hostname(), std::process::id());
-        let beat = heartbeats.register(format!("worker-{n}"));
+        let heartbeat = heartbeats.register(format!("worker-{n}"));
         tasks.spawn(worker::run(
             pool.clone(),
             storage.clone(),
             analyser,
             Arc::new(settings),
             shutdown.clone(),
-            move || beat.beat(),
+            heartbeat,
         ));
     }
     tasks.spawn(outbox::run_live(
@@ -191,6 +193,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         scp_settings,
         Arc::new(ingest),
         scp_stats,
+        budget,
         shutdown,
         move || receive_beat.beat(),
     )
@@ -241,14 +244,28 @@ fn load_analysers(config: &Config, notifier: &Notifier) -> Result<Vec<Analyser>,
         let engine = Engine::load(&EngineOptions::from(&config.models))?;
         analysers.push(Analyser {
             engine,
-            limits: DecodeLimits {
-                max_file_bytes: config.dicom.max_dataset_bytes as u64 + 65_536,
-                ..DecodeLimits::default()
-            },
+            limits: helper::decode_limits(config),
             batch_size: config.models.batch_size,
+            decoder: Decoder::from_config(&config.decode),
         });
     }
     Ok(analysers)
+}
+
+/// Loads a worker's models and decoder again (after a panic lost them).
+fn analyser_factory(config: &Config) -> worker::AnalyserFactory {
+    let options = EngineOptions::from(&config.models);
+    let limits = helper::decode_limits(config);
+    let batch_size = config.models.batch_size;
+    let decode = config.decode.clone();
+    worker::AnalyserFactory(Arc::new(move || {
+        Ok(Analyser {
+            engine: Engine::load(&options).map_err(|e| e.to_string())?,
+            limits,
+            batch_size,
+            decoder: Decoder::from_config(&decode),
+        })
+    }))
 }
 
 fn hostname() -> String {

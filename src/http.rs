@@ -16,18 +16,26 @@
 //!     or running with an expired lease) for longer than `[http] queue_stall_secs` while no job
 //!     started, finished or renewed its lease in that time. Receive-only daemons skip it.
 //! - `/metrics`: see [`crate::metrics`].
+//!
+//! At most [`MAX_CONNECTIONS`] connections; headers must arrive within [`HEADER_TIMEOUT`] and a
+//! connection lives at most [`CONNECTION_LIFETIME`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::HttpConfig;
 use crate::diskspace::SpoolSpace;
@@ -49,15 +57,65 @@ pub struct HttpState {
     pub config: HttpConfig,
 }
 
-/// Serve the endpoints on `listener` until `shutdown`.
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest life of a connection, keep-alive included (scrapers reconnect).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serve the endpoints on `listener` until `shutdown`. Bounded like the DICOM side: at most
+/// [`MAX_CONNECTIONS`] connections, request headers within [`HEADER_TIMEOUT`], every connection
+/// closed after [`CONNECTION_LIFETIME`], so half-sent or idle requests cannot pile up.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<HttpState>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let app = router(state);
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::debug!("HTTP connection limit reached: closed");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    Ok(())
 }
 
 /// The routes, for [`serve`] and for tests.
@@ -96,6 +154,8 @@ impl Check {
 struct Liveness {
     status: &'static str,
     stale_loops: Vec<String>,
+    /// Loops that declared themselves failed, with the reason.
+    failed_loops: Vec<String>,
 }
 
 async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
@@ -110,6 +170,12 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
         axum::Json(Liveness {
             status,
             stale_loops: stale,
+            failed_loops: state
+                .heartbeats
+                .failures()
+                .into_iter()
+                .map(|(n, r)| format!("{n}: {r}"))
+                .collect(),
         }),
     )
         .into_response()
@@ -135,7 +201,11 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
         check_spool(&state),
         check_queue(&state)
     );
-    let models = if state.workers == 0 {
+    let failures = state.heartbeats.failures();
+    let models = if !failures.is_empty() {
+        let named: Vec<String> = failures.iter().map(|(n, r)| format!("{n}: {r}")).collect();
+        Check::failed(named.join("; "))
+    } else if state.workers == 0 {
         Check::ok("receive-only (study.workers = 0)")
     } else {
         Check::ok(format!("{} worker(s) with models loaded", state.workers))

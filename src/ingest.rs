@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
+use crate::budget::{Grant, MemoryBudget};
 use crate::db::instances::{self, Arrival, Recorded};
 use crate::diskspace::SpoolSpace;
-use crate::pipeline::guard;
+use crate::pipeline::guard::{self, GuardError, Walker};
 use crate::scp::dimse::Command;
 use crate::scp::dimse::status;
 use crate::scp::header::{self, HeaderError, InstanceHeader};
@@ -25,6 +26,11 @@ pub struct IngestStats {
     pub stored_bytes: AtomicU64,
     pub duplicates: AtomicU64,
     pub rejected_unreadable: AtomicU64,
+    /// Refused with A700 because a structural cap (nesting, element count, header size,
+    /// inflated size) or the memory budget was exceeded.
+    pub rejected_limits: AtomicU64,
+    /// Re-sent instances whose earlier copy retention had removed: stored again.
+    pub restored: AtomicU64,
     pub rejected_mismatch: AtomicU64,
     pub rejected_spool: AtomicU64,
     pub rejected_database: AtomicU64,
@@ -35,8 +41,11 @@ pub struct IngestStats {
 pub struct Ingest {
     pool: PgPool,
     spool: Arc<dyn Storage>,
-    /// Largest inflated size accepted for a deflated data set.
-    max_inflated: u64,
+    /// Caps of the structural walk of every data set (the inflated size of deflated ones
+    /// included).
+    limits: guard::Limits,
+    /// Memory held by received data: fragments waiting for the disk, headers kept for checks.
+    budget: Arc<MemoryBudget>,
     pub stats: Arc<IngestStats>,
     /// The spool's disk space: above its watermark new associations are refused.
     space: Option<Arc<SpoolSpace>>,
@@ -51,15 +60,20 @@ struct Prepared {
 
 enum PrepareError {
     Header(HeaderError),
+    Guard(GuardError),
+    /// The memory budget could not hold the data set's header.
+    Memory,
     Spool(String),
 }
 
 impl Ingest {
-    pub fn new(pool: PgPool, spool: Arc<dyn Storage>) -> Self {
+    /// An ingest sharing `budget` with the association layer.
+    pub fn new(pool: PgPool, spool: Arc<dyn Storage>, budget: Arc<MemoryBudget>) -> Self {
         Self {
             pool,
             spool,
-            max_inflated: 1 << 30,
+            limits: guard::Limits::default(),
+            budget,
             stats: Arc::default(),
             space: None,
         }
@@ -67,7 +81,7 @@ impl Ingest {
 
     /// Cap the inflated size of deflated data sets (normally `[dicom] max_dataset_mb`).
     pub fn max_inflated_bytes(mut self, bytes: u64) -> Self {
-        self.max_inflated = bytes;
+        self.limits.max_inflated = bytes;
         self
     }
 
@@ -98,12 +112,10 @@ impl Ingest {
         );
         let req_peer = req.peer.to_string();
         let (sc, si) = (sop_class.clone(), sop_instance.clone());
-        let max_inflated = self.max_inflated;
         let streamed = sink.finish().await;
         let prepared = tokio::task::spawn_blocking(move || {
-            let (meta, Streamed { staged, dataset }) = streamed?;
-            let checked = check(&meta, &dataset, &sc, &si, &ts, max_inflated);
-            match checked {
+            let Streamed { staged, header, .. } = streamed?;
+            match check(&header, &sc, &si, &ts) {
                 Ok((header, key)) => Ok(Prepared {
                     header,
                     key,
@@ -118,29 +130,10 @@ impl Ingest {
         .await;
         let prepared = match prepared {
             Ok(Ok(p)) => p,
-            Ok(Err(PrepareError::Header(HeaderError::Unreadable(reason)))) => {
-                self.stats
-                    .rejected_unreadable
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sop_instance_uid = %sop_instance, %reason, "data set cannot be understood");
-                return StoreOutcome::failure(
-                    status::CANNOT_UNDERSTAND,
-                    "data set cannot be parsed",
-                );
-            }
-            Ok(Err(PrepareError::Header(HeaderError::Mismatch(reason)))) => {
-                self.stats.rejected_mismatch.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sop_instance_uid = %sop_instance, %reason, "data set does not match");
-                return StoreOutcome::failure(status::DATA_SET_MISMATCH, reason);
-            }
-            Ok(Err(PrepareError::Spool(reason))) => {
-                self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(sop_instance_uid = %sop_instance, %reason, "spool write failed");
-                return StoreOutcome::failure(status::OUT_OF_RESOURCES, "spool unavailable");
-            }
+            Ok(Err(e)) => return self.refused(e, &sop_instance),
             Err(join) => {
                 self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(sop_instance_uid = %sop_instance, error = %join, "ingest task failed");
+                tracing::error!(sop_instance_uid = ?sop_instance, error = %join, "ingest task failed");
                 return StoreOutcome::failure(status::OUT_OF_RESOURCES, "internal error");
             }
         };
@@ -156,18 +149,24 @@ impl Ingest {
         let size = prepared.staged.size;
         match self.commit(prepared, &arrival).await {
             Ok(recorded) => {
-                if recorded == Recorded::Duplicate {
-                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
-                    self.stats.stored_bytes.fetch_add(size, Ordering::Relaxed);
+                match recorded {
+                    Recorded::Duplicate => {
+                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Recorded::New | Recorded::Restored => {
+                        self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                        self.stats.stored_bytes.fetch_add(size, Ordering::Relaxed);
+                    }
+                }
+                if recorded == Recorded::Restored {
+                    self.stats.restored.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::info!(
-                    sop_instance_uid = %sop_instance,
-                    calling_ae = %arrival.calling_ae_title,
-                    transfer_syntax = %arrival.transfer_syntax_uid,
+                    sop_instance_uid = ?sop_instance,
+                    transfer_syntax = ?arrival.transfer_syntax_uid,
                     bytes = size,
                     duplicate = recorded == Recorded::Duplicate,
+                    restored = recorded == Recorded::Restored,
                     ms = started.elapsed().as_millis() as u64,
                     "stored"
                 );
@@ -175,12 +174,12 @@ impl Ingest {
             }
             Err(CommitError::Database(e)) => {
                 self.stats.rejected_database.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(sop_instance_uid = %sop_instance, error = %e, "database unavailable: refused");
+                tracing::error!(sop_instance_uid = ?sop_instance, error = %e, "database unavailable: refused");
                 StoreOutcome::failure(status::OUT_OF_RESOURCES, "database unavailable")
             }
             Err(CommitError::Spool(e)) => {
                 self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(sop_instance_uid = %sop_instance, error = %e, "spool publish failed: refused");
+                tracing::error!(sop_instance_uid = ?sop_instance, error = %e, "spool publish failed: refused");
                 StoreOutcome::failure(status::OUT_OF_RESOURCES, "spool unavailable")
             }
         }
@@ -205,16 +204,27 @@ impl Ingest {
                 return Err(CommitError::Database(e));
             }
         };
-        let recorded = match instances::record(&mut tx, &header, arrival).await {
+        let mut recorded = match instances::record(&mut tx, &header, arrival).await {
             Ok(r) => r,
             Err(e) => {
                 self.discard(staged).await;
                 return Err(CommitError::Database(e));
             }
         };
+        if recorded == Recorded::Duplicate && !self.kept(&key).await {
+            // retention removed the first copy (or a crash cut its removal short): what is
+            // acknowledged now must be stored, and is analysed again
+            if let Err(e) = instances::restore(&mut tx, &header, arrival).await {
+                self.discard(staged).await;
+                return Err(CommitError::Database(e));
+            }
+            recorded = Recorded::Restored;
+        }
         let spool = self.spool.clone();
         let published = tokio::task::spawn_blocking(move || match recorded {
-            Recorded::New => spool.publish(staged, &key).map_err(|e| e.to_string()),
+            Recorded::New | Recorded::Restored => {
+                spool.publish(staged, &key).map_err(|e| e.to_string())
+            }
             Recorded::Duplicate => {
                 spool.discard(staged);
                 Ok(())
@@ -231,6 +241,58 @@ impl Ingest {
         Ok(recorded)
     }
 
+    /// Whether the spool still holds the published object under `key`.
+    async fn kept(&self, key: &SpoolKey) -> bool {
+        let spool = self.spool.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || spool.exists(&key))
+            .await
+            .unwrap_or(true)
+    }
+
+    /// The answer to a data set that could not be prepared, counted and logged.
+    fn refused(&self, e: PrepareError, sop_instance: &str) -> StoreOutcome {
+        match e {
+            PrepareError::Guard(e) if e.is_limit() => {
+                self.stats.rejected_limits.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sop_instance_uid = ?sop_instance, reason = %e, "data set over a structural limit: refused");
+                StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string())
+            }
+            PrepareError::Guard(e) => {
+                self.stats
+                    .rejected_unreadable
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sop_instance_uid = ?sop_instance, reason = %e, "data set cannot be understood");
+                StoreOutcome::failure(status::CANNOT_UNDERSTAND, "data set is malformed")
+            }
+            PrepareError::Memory => {
+                self.stats.rejected_limits.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sop_instance_uid = ?sop_instance, "receive memory budget exhausted: refused");
+                StoreOutcome::failure(
+                    status::OUT_OF_RESOURCES,
+                    "receive memory budget exhausted; retry later",
+                )
+            }
+            PrepareError::Header(HeaderError::Unreadable(reason)) => {
+                self.stats
+                    .rejected_unreadable
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sop_instance_uid = ?sop_instance, reason = ?reason, "data set cannot be understood");
+                StoreOutcome::failure(status::CANNOT_UNDERSTAND, "data set cannot be parsed")
+            }
+            PrepareError::Header(HeaderError::Mismatch(reason)) => {
+                self.stats.rejected_mismatch.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sop_instance_uid = ?sop_instance, reason = ?reason, "data set does not match");
+                StoreOutcome::failure(status::DATA_SET_MISMATCH, reason)
+            }
+            PrepareError::Spool(reason) => {
+                self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(sop_instance_uid = ?sop_instance, reason = ?reason, "spool write failed");
+                StoreOutcome::failure(status::OUT_OF_RESOURCES, "spool unavailable")
+            }
+        }
+    }
+
     async fn discard(&self, staged: Staged) {
         let spool = self.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.discard(staged)).await;
@@ -242,70 +304,66 @@ enum CommitError {
     Spool(String),
 }
 
-/// Check a received data set: its structure (every length fits, sequences closed), then its
-/// header against the command.
+/// Check a received data set's header (the elements before Pixel Data, already walked by the
+/// [`guard`]) against the command.
 fn check(
-    meta: &[u8],
-    dataset: &[u8],
+    header_bytes: &[u8],
     sop_class: &str,
     sop_instance: &str,
     transfer_syntax: &str,
-    max_inflated: u64,
 ) -> Result<(InstanceHeader, SpoolKey), PrepareError> {
-    guard::check_data_set(dataset, transfer_syntax, max_inflated)
-        .map_err(|e| PrepareError::Header(HeaderError::Unreadable(e.to_string())))?;
-    let header = header::read_header(meta, dataset, sop_class, sop_instance)
+    let header = header::read_header(header_bytes, transfer_syntax, sop_class, sop_instance)
         .map_err(PrepareError::Header)?;
     let key = SpoolKey::for_instance(&header.study_instance_uid, &header.sop_instance_uid)
         .map_err(|e| PrepareError::Header(HeaderError::Mismatch(e.to_string())))?;
     Ok((header, key))
 }
 
-/// A fragment for the staging task, or the end of the data set.
+/// A fragment for the staging task (with the memory it holds), or the end of the data set.
 enum Chunk {
-    Data(Vec<u8>),
+    Data(Vec<u8>, Grant),
     Finish,
 }
 
-/// The staged file and the data set it holds (kept for the checks).
+/// The staged file and the header walked out of it (kept for the checks, with its memory).
 struct Streamed {
     staged: Staged,
-    dataset: Vec<u8>,
+    header: Vec<u8>,
+    _header_memory: Grant,
 }
 
 /// Fragments queued per C-STORE before the receiver waits for the disk.
 const SINK_QUEUE: usize = 64;
 
-/// Where a received data set goes while it arrives: a blocking task writes each fragment to the
-/// staged file (preamble and meta first), asking the kernel to write back as it goes, so that
-/// little is left to do once the last fragment is in. Dropped unfinished, the file is removed.
+/// Where a received data set goes while it arrives: a blocking task walks each fragment through
+/// the structural [`guard`] and writes it to the staged file (preamble and meta first), asking the
+/// kernel to write back as it goes, so that little is left to do once the last fragment is in.
+/// Only the header is kept in memory. Dropped unfinished, the file is removed.
 pub struct IngestSink {
     tx: Option<tokio::sync::mpsc::Sender<Chunk>>,
     task: Option<tokio::task::JoinHandle<Result<Streamed, PrepareError>>>,
-    meta: Result<Vec<u8>, HeaderError>,
+    meta: Result<(), HeaderError>,
 }
 
 impl IngestSink {
     /// Close the data set and wait for it to be staged durably.
-    async fn finish(self) -> Result<(Vec<u8>, Streamed), PrepareError> {
-        let meta = self.meta.map_err(PrepareError::Header)?;
+    async fn finish(self) -> Result<Streamed, PrepareError> {
+        self.meta.map_err(PrepareError::Header)?;
         if let Some(tx) = self.tx {
             let _ = tx.send(Chunk::Finish).await;
         }
         let Some(task) = self.task else {
             return Err(PrepareError::Spool("no staging task".into()));
         };
-        let streamed = task
-            .await
-            .map_err(|e| PrepareError::Spool(format!("staging task: {e}")))??;
-        Ok((meta, streamed))
+        task.await
+            .map_err(|e| PrepareError::Spool(format!("staging task: {e}")))?
     }
 }
 
 impl DataSink for IngestSink {
-    async fn push(&mut self, fragment: Vec<u8>) {
+    async fn push(&mut self, fragment: Vec<u8>, grant: Grant) {
         if let Some(tx) = &self.tx
-            && tx.send(Chunk::Data(fragment)).await.is_err()
+            && tx.send(Chunk::Data(fragment, grant)).await.is_err()
         {
             // the staging task failed; its error is reported when the data set is complete
             self.tx = None;
@@ -313,34 +371,68 @@ impl DataSink for IngestSink {
     }
 }
 
-/// The staging task: write the preamble and meta, then every fragment, then fsync.
+/// The staging task: write the preamble and meta, then walk and write every fragment, then
+/// fsync. A data set the walk refuses is not written further; its fragments are still taken (and
+/// their memory given back) until the end, and the partial file is removed.
 fn stage_stream(
     spool: &dyn Storage,
     meta: &[u8],
+    mut walker: Walker,
+    budget: &Arc<MemoryBudget>,
     mut rx: tokio::sync::mpsc::Receiver<Chunk>,
 ) -> Result<Streamed, PrepareError> {
     let spool_error = |e: crate::spool::SpoolError| PrepareError::Spool(e.to_string());
-    let mut writer = spool.stage_writer().map_err(spool_error)?;
-    writer.write(meta).map_err(spool_error)?;
-    let mut dataset: Vec<u8> = Vec::new();
+    let mut writer = Some(spool.stage_writer().map_err(spool_error)?);
+    let mut failed: Option<PrepareError> = None;
+    if let Some(w) = writer.as_mut()
+        && let Err(e) = w.write(meta)
+    {
+        failed = Some(spool_error(e));
+    }
+    let mut header_memory = Grant::empty(budget);
+    let mut finished = false;
     while let Some(chunk) = rx.blocking_recv() {
-        match chunk {
-            Chunk::Data(bytes) => {
-                writer.write(&bytes).map_err(spool_error)?;
-                if dataset.is_empty() {
-                    dataset = bytes;
-                } else {
-                    dataset.extend_from_slice(&bytes);
-                }
-            }
+        let bytes = match chunk {
+            Chunk::Data(bytes, _grant) => bytes,
             Chunk::Finish => {
-                let staged = writer.finish().map_err(spool_error)?;
-                return Ok(Streamed { staged, dataset });
+                finished = true;
+                break;
             }
+        };
+        if failed.is_some() {
+            continue;
+        }
+        if let Err(e) = walker.feed(&bytes) {
+            failed = Some(PrepareError::Guard(e));
+        } else if !header_memory.try_grow(walker.header_len() - header_memory.bytes()) {
+            failed = Some(PrepareError::Memory);
+        } else if let Some(w) = writer.as_mut()
+            && let Err(e) = w.write(&bytes)
+        {
+            failed = Some(spool_error(e));
+        }
+        if failed.is_some() {
+            // the writer removes the partial file
+            writer = None;
         }
     }
-    // the association ended before the data set did: the writer removes the partial file
-    Err(PrepareError::Spool("data set abandoned".into()))
+    if !finished {
+        // the association ended before the data set did: the writer removes the partial file
+        return Err(PrepareError::Spool("data set abandoned".into()));
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let summary = walker.finish().map_err(PrepareError::Guard)?;
+    let Some(w) = writer else {
+        return Err(PrepareError::Spool("no staged file".into()));
+    };
+    let staged = w.finish().map_err(spool_error)?;
+    Ok(Streamed {
+        staged,
+        header: summary.header.unwrap_or_default(),
+        _header_memory: header_memory,
+    })
 }
 
 impl StoreHandler for Ingest {
@@ -364,21 +456,26 @@ impl StoreHandler for Ingest {
             transfer_syntax,
             calling_ae_title,
         );
-        let Ok(bytes) = &meta else {
-            return IngestSink {
-                tx: None,
-                task: None,
-                meta,
-            };
+        let bytes = match meta {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return IngestSink {
+                    tx: None,
+                    task: None,
+                    meta: Err(e),
+                };
+            }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(SINK_QUEUE);
         let spool = self.spool.clone();
-        let bytes = bytes.clone();
-        let task = tokio::task::spawn_blocking(move || stage_stream(&*spool, &bytes, rx));
+        let budget = self.budget.clone();
+        let walker = Walker::new(transfer_syntax, self.limits, true);
+        let task =
+            tokio::task::spawn_blocking(move || stage_stream(&*spool, &bytes, walker, &budget, rx));
         IngestSink {
             tx: Some(tx),
             task: Some(task),
-            meta,
+            meta: Ok(()),
         }
     }
 

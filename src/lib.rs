@@ -8,6 +8,7 @@
 //! - [`spool`]: durable file storage behind the [`spool::Storage`] interface.
 //! - [`db`]: PostgreSQL pool, migrations, queries.
 //! - [`ingest`]: wires receive → spool → database; Success only once both are durable.
+//! - [`budget`]: the receiver's memory budget; beyond it data is refused, never allocated.
 //! - [`worker`]: study completion → job → decode + infer → findings → SR → outbox.
 //! - [`daemon`]: start-up order, signals, drain.
 //! - [`report`]: the DICOM SR (TID 1500 Imaging Measurement Report) built from the findings.
@@ -23,6 +24,7 @@
 //! - [`reload`]: SIGHUP re-reads the configuration and applies what can change safely.
 
 pub mod admin;
+pub mod budget;
 pub mod config;
 pub mod daemon;
 pub mod db;

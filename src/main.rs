@@ -9,7 +9,7 @@ use cxr_worker::admin::findings::{self, StudyState};
 use cxr_worker::admin::{self, Format, actions, check, status};
 use cxr_worker::config::Config;
 use cxr_worker::pipeline::analyse::{Analyser, ImageReport, UNTRAINED_WARNING};
-use cxr_worker::pipeline::decode::DecodeLimits;
+use cxr_worker::pipeline::helper::{self, Decoder};
 use cxr_worker::pipeline::infer::{Engine, EngineOptions};
 use cxr_worker::pipeline::overlay;
 
@@ -26,6 +26,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Internal: the decode helper process started by each analysis worker.
+    #[command(name = "decode-helper", hide = true)]
+    DecodeHelper {
+        #[arg(long)]
+        memory_limit_bytes: u64,
+    },
     /// Run the DICOM receiver daemon.
     Serve {
         #[arg(long, short, default_value = "/etc/cxr-worker/cxr-worker.toml")]
@@ -131,6 +137,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::DecodeHelper { memory_limit_bytes } = cli.command {
+        return helper::helper_main(memory_limit_bytes);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -152,6 +161,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::DecodeHelper { memory_limit_bytes } => Ok(helper::helper_main(memory_limit_bytes)),
         Command::Serve { config } => {
             let cfg = Config::load(&config)?;
             cxr_worker::telemetry::init(&cfg.log.level, cfg.log.format);
@@ -294,11 +304,9 @@ fn infer(
     }
     let mut analyser = Analyser {
         engine,
-        limits: DecodeLimits {
-            max_file_bytes: cfg.dicom.max_dataset_bytes as u64,
-            ..DecodeLimits::default()
-        },
+        limits: helper::decode_limits(&cfg),
         batch_size: batch_size.unwrap_or(cfg.models.batch_size).max(1),
+        decoder: Decoder::from_config(&cfg.decode),
     };
     let trained = analyser.engine.segmenter.info.trained && analyser.engine.classifier.info.trained;
     if !json && !trained {

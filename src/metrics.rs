@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use sqlx::PgPool;
 
+use crate::budget::MemoryBudget;
 use crate::diskspace::SpoolSpace;
 use crate::ingest::IngestStats;
 use crate::scp::ScpStats;
@@ -117,6 +118,13 @@ impl Metrics {
             purged_instances,
             purged_bytes,
         }
+    }
+
+    /// Also show the receive memory budget.
+    pub fn with_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.registry
+            .register_collector(Box::new(BudgetCollector { budget }));
+        self
     }
 
     /// Record the model timings of one analysed image.
@@ -257,13 +265,26 @@ impl Collector for ReceiveCollector {
             &mut e,
             (
                 "associations_rejected",
-                "Association requests refused: limit (max_associations), disk_space (spool watermark), negotiation (AE title or presentation contexts refused, or the request failed)",
+                "Association requests refused: limit (max_associations, max_associations_per_host), disk_space (spool watermark), memory (receive memory budget), negotiation (AE title or presentation contexts refused, or no valid request in time)",
             ),
             "reason",
             &[
                 ("limit", get(&s.associations_rejected_limit)),
                 ("disk_space", get(&s.associations_rejected_disk)),
+                ("memory", get(&s.associations_rejected_memory)),
                 ("negotiation", get(&s.associations_not_established)),
+            ],
+        )?;
+        labelled_counters(
+            &mut e,
+            (
+                "connections_refused",
+                "Connections closed before association: pending (too many waiting for their A-ASSOCIATE-RQ, in all or from one address), no_request (no valid A-ASSOCIATE-RQ in time)",
+            ),
+            "reason",
+            &[
+                ("pending", get(&s.connections_refused_pending)),
+                ("no_request", get(&s.connections_no_request)),
             ],
         )?;
         counter(
@@ -284,6 +305,12 @@ impl Collector for ReceiveCollector {
             "Instances received again (same SOP Instance UID): acknowledged, first copy kept",
             get(&i.duplicates),
         )?;
+        counter(
+            &mut e,
+            "instances_restored",
+            "Instances received again after retention removed their file: stored and analysed again",
+            get(&i.restored),
+        )?;
         labelled_counters(
             &mut e,
             (
@@ -297,7 +324,41 @@ impl Collector for ReceiveCollector {
                 ("spool", get(&i.rejected_spool)),
                 ("database", get(&i.rejected_database)),
                 ("oversize", get(&s.instances_oversize)),
+                ("limits", get(&i.rejected_limits)),
+                ("memory", get(&s.instances_over_budget)),
             ],
+        )
+    }
+}
+
+// ---- the receive memory budget ---------------------------------------------------------------
+
+#[derive(Debug)]
+struct BudgetCollector {
+    budget: Arc<MemoryBudget>,
+}
+
+impl Collector for BudgetCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        gauge(
+            &mut e,
+            "receive_memory_limit_bytes",
+            "The receive memory budget ([dicom] receive_memory_mb)",
+            None,
+            self.budget.limit() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "receive_memory_used_bytes",
+            "Bytes of the receive memory budget held now (read buffers, fragments not yet on disk, headers)",
+            None,
+            self.budget.used() as i64,
+        )?;
+        counter(
+            &mut e,
+            "receive_memory_refusals",
+            "Requests for receive memory refused because the budget was exhausted",
+            self.budget.refusals(),
         )
     }
 }

@@ -138,7 +138,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     spool.retention = running.spool.retention;
     spool.retention_interval = running.spool.retention_interval;
     let mut out = Vec::new();
-    let sections: [(&'static str, bool); 8] = [
+    let sections: [(&'static str, bool); 9] = [
         ("dicom", same(&running.dicom, &dicom)),
         ("database", same(&running.database, &new.database)),
         ("spool.dir", same(&running.spool, &spool)),
@@ -147,6 +147,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("study", same(&running.study, &new.study)),
         ("report", same(&running.report, &new.report)),
         ("http", running.http == new.http),
+        ("decode", running.decode == new.decode),
     ];
     for (name, unchanged) in sections {
         if !unchanged {

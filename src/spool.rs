@@ -5,10 +5,17 @@
 //! records it in the database, then publishes it under its key; only then is Success sent. A
 //! staged object that is never published is discarded, and leftovers of a crash are swept at
 //! start-up. All methods block: call them from `spawn_blocking`.
+//!
+//! Several receivers may share one spool directory (a shared mount): each stages into a
+//! directory of its own, `tmp/<id>/`, locked (`flock`) for as long as it runs, and a start-up
+//! sweep removes only the staging directories whose lock nobody holds.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 /// A spool operation that failed, with the path it was about.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +108,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn discard(&self, staged: Staged);
     /// Read a published object.
     fn read(&self, key: &SpoolKey) -> Result<Vec<u8>, SpoolError>;
+    /// Open a published object for reading as a stream; its length comes with it.
+    fn open(&self, key: &SpoolKey) -> Result<(u64, Box<dyn io::Read + Send>), SpoolError>;
+    /// Whether a published object exists under `key` (an unreadable spool counts as yes: the
+    /// answer decides whether to store a copy again, never whether to drop one).
+    fn exists(&self, key: &SpoolKey) -> bool;
     /// A local path for a published object, where the backend has one (for tools such as DCMTK).
     fn local_path(&self, key: &SpoolKey) -> Option<PathBuf>;
     /// Remove staged leftovers of an earlier crash; returns how many were removed.
@@ -108,26 +120,64 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The spool as a local (or network-mounted POSIX) directory:
-/// `DIR/tmp/` for staged objects, `DIR/objects/STUDY/SOP.dcm` for published ones.
+/// `DIR/tmp/<id>/` for this process's staged objects, `DIR/objects/STUDY/SOP.dcm` for published
+/// ones.
 #[derive(Debug)]
 pub struct LocalSpool {
+    /// Where every receiver keeps its staging directory.
+    tmp_root: PathBuf,
+    /// This process's staging directory.
     tmp: PathBuf,
     objects: PathBuf,
+    /// Held (locked) while this process runs: its staging directory is not swept by others.
+    _lock: File,
+    /// Study directories known to be durable (created and their parent synced).
+    durable_dirs: Mutex<HashSet<PathBuf>>,
 }
 
+/// The lock file of a staging directory.
+const LOCK_FILE: &str = ".lock";
+
+/// Staged files of the pre-0.2 layout (directly in `tmp/`) older than this are removed.
+const LEGACY_STAGED_AGE: Duration = Duration::from_secs(600);
+
 impl LocalSpool {
-    /// Open (creating if needed) a spool under `dir`.
+    /// Open (creating if needed) a spool under `dir`, with a staging directory of our own.
     pub fn open(dir: &Path) -> Result<Self, SpoolError> {
-        let tmp = dir.join("tmp");
+        let tmp_root = dir.join("tmp");
         let objects = dir.join("objects");
-        for d in [&tmp, &objects] {
+        for d in [&tmp_root, &objects] {
             fs::create_dir_all(d).map_err(|source| SpoolError::CreateDir {
                 path: d.clone(),
                 source,
             })?;
         }
+        let tmp = tmp_root.join(uuid::Uuid::new_v4().simple().to_string());
+        fs::create_dir(&tmp).map_err(|source| SpoolError::CreateDir {
+            path: tmp.clone(),
+            source,
+        })?;
+        let lock_path = tmp.join(LOCK_FILE);
+        let lock = File::create(&lock_path)
+            .and_then(|f| f.try_lock().map(|()| f).map_err(io::Error::from))
+            .map_err(|source| SpoolError::Write {
+                path: lock_path,
+                source,
+            })?;
+        sync_dir(&tmp_root)?;
         sync_dir(dir)?;
-        Ok(Self { tmp, objects })
+        Ok(Self {
+            tmp_root,
+            tmp,
+            objects,
+            _lock: lock,
+            durable_dirs: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// This process's staging directory.
+    pub fn staging_dir(&self) -> &Path {
+        &self.tmp
     }
 
     /// The directory holding published objects.
@@ -147,6 +197,60 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
             path: dir.to_path_buf(),
             source,
         })
+}
+
+impl Drop for LocalSpool {
+    fn drop(&mut self) {
+        // Our staging directory goes with us when nothing but its lock file is left; otherwise
+        // it stays, its lock released, for the next start-up sweep.
+        let only_lock = fs::read_dir(&self.tmp).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .all(|e| e.file_name().to_str() == Some(LOCK_FILE))
+        });
+        if only_lock {
+            let _ = fs::remove_file(self.tmp.join(LOCK_FILE));
+            let _ = fs::remove_dir(&self.tmp);
+        }
+    }
+}
+
+/// Remove a staging directory whose owner is gone (nobody holds its lock); returns how many
+/// staged files it held. A directory whose lock is held belongs to a running receiver.
+fn sweep_abandoned(dir: &Path) -> usize {
+    let lock_path = dir.join(LOCK_FILE);
+    match File::open(&lock_path) {
+        Ok(lock) => {
+            if lock.try_lock().is_err() {
+                return 0;
+            }
+        }
+        // No lock file: its owner removed it on exit with files left behind, or the directory
+        // is being created right now; only an old one is swept.
+        Err(_) if is_old(dir) => {}
+        Err(_) => return 0,
+    }
+    let mut removed = 0;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path != lock_path && fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    let _ = fs::remove_file(&lock_path);
+    let _ = fs::remove_dir(dir);
+    removed
+}
+
+/// Whether a file was last modified longer ago than [`LEGACY_STAGED_AGE`].
+fn is_old(path: &Path) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age > LEGACY_STAGED_AGE)
 }
 
 /// How much a [`LocalStageWriter`] lets accumulate before asking the kernel to start writing it
@@ -277,13 +381,30 @@ impl Storage for LocalSpool {
         let Some(parent) = target.parent() else {
             return Err(SpoolError::InvalidKey(key.as_str().to_string()));
         };
-        if !parent.is_dir() {
-            fs::create_dir_all(parent).map_err(|source| SpoolError::CreateDir {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-            // the new study directory's entry must itself be durable
+        let known = self
+            .durable_dirs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(parent);
+        if !known {
+            if !parent.is_dir() {
+                fs::create_dir_all(parent).map_err(|source| SpoolError::CreateDir {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+            // The study directory's entry must be durable before a file in it is acknowledged,
+            // also when another store (or receiver) created it a moment ago and has not synced
+            // it yet: sync the parent ourselves, once per study directory.
             sync_dir(&self.objects)?;
+            let mut known = self
+                .durable_dirs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if known.len() > 100_000 {
+                known.clear();
+            }
+            known.insert(parent.to_path_buf());
         }
         fs::rename(&staged.path, &target).map_err(|source| SpoolError::Publish {
             from: staged.path.clone(),
@@ -302,18 +423,44 @@ impl Storage for LocalSpool {
         fs::read(&path).map_err(|source| SpoolError::Read { path, source })
     }
 
+    fn open(&self, key: &SpoolKey) -> Result<(u64, Box<dyn io::Read + Send>), SpoolError> {
+        let path = self.path_of(key);
+        let file = File::open(&path).map_err(|source| SpoolError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|source| SpoolError::Read { path, source })?
+            .len();
+        Ok((len, Box::new(io::BufReader::with_capacity(1 << 16, file))))
+    }
+
+    fn exists(&self, key: &SpoolKey) -> bool {
+        match fs::symlink_metadata(self.path_of(key)) {
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::NotFound,
+        }
+    }
+
     fn local_path(&self, key: &SpoolKey) -> Option<PathBuf> {
         Some(self.path_of(key))
     }
 
     fn sweep_staged(&self) -> Result<usize, SpoolError> {
-        let entries = fs::read_dir(&self.tmp).map_err(|source| SpoolError::Read {
-            path: self.tmp.clone(),
+        let entries = fs::read_dir(&self.tmp_root).map_err(|source| SpoolError::Read {
+            path: self.tmp_root.clone(),
             source,
         })?;
         let mut removed = 0;
         for entry in entries.flatten() {
-            if fs::remove_file(entry.path()).is_ok() {
+            let path = entry.path();
+            if path == self.tmp {
+                continue;
+            }
+            if path.is_dir() {
+                removed += sweep_abandoned(&path);
+            } else if is_old(&path) && fs::remove_file(&path).is_ok() {
                 removed += 1;
             }
         }
@@ -347,9 +494,21 @@ mod tests {
         assert_eq!(staged.size, 4);
         spool.publish(staged, &key).unwrap();
         assert_eq!(spool.read(&key).unwrap(), b"abcd");
+        // a staged file of a receiver that died is swept by the next one to start
         let left = spool.stage(&[b"x"]).unwrap();
         std::mem::forget(left);
-        assert_eq!(spool.sweep_staged().unwrap(), 1);
+        let staging = spool.staging_dir().to_path_buf();
+        let other = LocalSpool::open(dir.path()).unwrap();
+        assert_eq!(
+            other.sweep_staged().unwrap(),
+            0,
+            "the first receiver still runs"
+        );
+        assert!(staging.exists());
+        drop(spool);
+        assert_eq!(other.sweep_staged().unwrap(), 1);
+        assert!(!staging.exists());
+        assert!(other.staging_dir().exists());
     }
 
     #[test]
@@ -370,8 +529,9 @@ mod tests {
         w.write(b"partial").unwrap();
         drop(w);
         assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
+            std::fs::read_dir(spool.staging_dir()).unwrap().count(),
+            1,
+            "only the lock file is left"
         );
     }
 }

@@ -236,6 +236,8 @@ struct Slot {
     name: String,
     /// Milliseconds since the registry's epoch at the last beat.
     last_beat_ms: AtomicU64,
+    /// Set when the loop cannot go on (e.g. a worker lost its models): counts as stale for good.
+    failed: Mutex<Option<String>>,
 }
 
 /// One loop's heartbeat. Call [`Heartbeat::beat`] on every iteration of the loop, including idle
@@ -269,6 +271,7 @@ impl Heartbeats {
         let slot = Arc::new(Slot {
             name: name.into(),
             last_beat_ms: AtomicU64::new(self.inner.now_ms()),
+            failed: Mutex::new(None),
         });
         self.inner.lock().push(Arc::clone(&slot));
         Heartbeat {
@@ -277,8 +280,9 @@ impl Heartbeats {
         }
     }
 
-    /// Names of the registered loops that have not beaten within `max_age`, sorted. Empty when
-    /// everything is alive (also when nothing is registered).
+    /// Names of the registered loops that have not beaten within `max_age`, or that declared
+    /// themselves failed, sorted. Empty when everything is alive (also when nothing is
+    /// registered).
     pub fn stale(&self, max_age: Duration) -> Vec<String> {
         let now = self.inner.now_ms();
         let max_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
@@ -286,11 +290,26 @@ impl Heartbeats {
             .inner
             .lock()
             .iter()
-            .filter(|s| now.saturating_sub(s.last_beat_ms.load(Ordering::Relaxed)) > max_ms)
+            .filter(|s| {
+                now.saturating_sub(s.last_beat_ms.load(Ordering::Relaxed)) > max_ms
+                    || s.failure().is_some()
+            })
             .map(|s| s.name.clone())
             .collect();
         names.sort();
         names
+    }
+
+    /// The loops that declared themselves failed, with their reasons, sorted by name.
+    pub fn failures(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .inner
+            .lock()
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.failure()?)))
+            .collect();
+        out.sort();
+        out
     }
 
     /// How many loops are registered.
@@ -315,7 +334,26 @@ impl Registry {
     }
 }
 
+impl Slot {
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 impl Heartbeat {
+    /// Declare that this loop cannot go on: `/healthz` and `/readyz` fail naming `reason`, and
+    /// the watchdog stops its pings, so that systemd restarts the service.
+    pub fn fail(&self, reason: impl Into<String>) {
+        *self
+            .slot
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reason.into());
+    }
+
     /// Record that the loop is alive now. Lock-free; callable from blocking threads.
     pub fn beat(&self) {
         self.slot

@@ -3,14 +3,21 @@
 //! The one place where the spool, the database, the models and the report meet. Each worker owns
 //! one [`Analyser`] (ONNX Runtime sessions) and runs it on a blocking thread. Any number of
 //! workers, on any number of machines, share the job queue in PostgreSQL.
+//!
+//! A job that cannot complete is retried with backoff; every take of a job counts as an attempt
+//! (also one whose worker died), and a job past `max_attempts` is failed with its reason and never
+//! taken again; its study then gets a "not analysed" SR naming the failure when it has no report
+//! yet. Images are decoded in a helper process, so a codec crash costs one image; should the
+//! models themselves be lost (a panic during inference), they are loaded again, and if that fails
+//! the worker declares itself failed (`/healthz`, `/readyz`, watchdog) so that systemd restarts
+//! the service.
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Local;
-use dicom_dictionary_std::tags;
-use dicom_object::{InMemDicomObject, OpenFileOptions};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -21,11 +28,23 @@ use crate::db::jobs::{self, Job};
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::pipeline::analyse::{Analyser, Call, ImageReport};
+use crate::pipeline::guard;
 use crate::report::{
     self, AnalysedImage, Completion, ImageRef, LabelResult, ModelInfo, Predecessor, ReportContent,
     ReportRequest, SourceStudy,
 };
 use crate::spool::{SpoolKey, Storage};
+use crate::systemd::Heartbeat;
+
+/// Builds a worker's [`Analyser`] again (models and decoder) after the first was lost.
+#[derive(Clone)]
+pub struct AnalyserFactory(pub Arc<dyn Fn() -> Result<Analyser, String> + Send + Sync>);
+
+impl std::fmt::Debug for AnalyserFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnalyserFactory")
+    }
+}
 
 /// How workers schedule and run jobs (from `[study]` and `[report]`).
 #[derive(Debug, Clone)]
@@ -49,6 +68,8 @@ pub struct WorkerSettings {
     pub owner: String,
     /// Where decode and inference times are recorded.
     pub metrics: Option<Arc<Metrics>>,
+    /// Loads the models again when a worker lost them; `None`: the worker fails instead.
+    pub reload: Option<AnalyserFactory>,
 }
 
 /// A job that could not complete: retried unless permanent.
@@ -72,21 +93,36 @@ enum Pass {
     Idle,
 }
 
-/// Run one worker until `shutdown`; a job in progress is finished first.
+/// Run one worker until `shutdown`; a job in progress is finished first. `heartbeat` is beaten
+/// on every pass, and failed when the worker cannot go on.
 pub async fn run(
     pool: PgPool,
     storage: Arc<dyn Storage>,
     analyser: Analyser,
     settings: Arc<WorkerSettings>,
     shutdown: CancellationToken,
-    beat: impl Fn() + Send,
+    heartbeat: Heartbeat,
 ) {
     let mut analyser = Some(analyser);
     let mut backoff = settings.poll_interval;
     loop {
-        beat();
+        heartbeat.beat();
         if shutdown.is_cancelled() {
             break;
+        }
+        if analyser.is_none() {
+            match reload_models(&settings).await {
+                Ok(a) => {
+                    tracing::warn!("models loaded again after they were lost");
+                    analyser = Some(a);
+                }
+                Err(reason) => {
+                    tracing::error!(%reason, "the models were lost and cannot be loaded again: this worker stops; restart the service");
+                    heartbeat.fail(format!("models lost: {reason}"));
+                    shutdown.cancelled().await;
+                    break;
+                }
+            }
         }
         let pass = one_pass(&pool, &storage, &mut analyser, &settings).await;
         let wait = match pass {
@@ -108,6 +144,15 @@ pub async fn run(
     }
 }
 
+async fn reload_models(s: &WorkerSettings) -> Result<Analyser, String> {
+    let Some(factory) = s.reload.clone() else {
+        return Err("no way to load them again".into());
+    };
+    tokio::task::spawn_blocking(move || (factory.0)())
+        .await
+        .map_err(|e| e.to_string())?
+}
+
 async fn one_pass(
     pool: &PgPool,
     storage: &Arc<dyn Storage>,
@@ -118,30 +163,106 @@ async fn one_pass(
     if created > 0 {
         tracing::debug!(created, "studies ready: jobs queued");
     }
-    let Some(job) = jobs::dequeue(pool, &s.owner, s.lease).await? else {
-        return Ok(Pass::Idle);
+    let exhausted = jobs::fail_exhausted(pool, s.max_attempts).await?;
+    for job in &exhausted {
+        tracing::error!(
+            job_id = job.id,
+            study_instance_uid = %job.study_instance_uid,
+            attempts = job.attempts,
+            "job abandoned by its worker too often (crash or lost lease): failed for good"
+        );
+        report_failure(pool, storage, s, job, &job.reason).await;
+    }
+    let Some(job) = jobs::dequeue(pool, &s.owner, s.lease, s.max_attempts).await? else {
+        return Ok(if exhausted.is_empty() {
+            Pass::Idle
+        } else {
+            Pass::Worked
+        });
     };
-    match process(pool, storage, analyser, s, &job).await {
+    let span =
+        tracing::info_span!("job", job_id = job.id, study_instance_uid = %job.study_instance_uid);
+    let outcome =
+        tracing::Instrument::instrument(process(pool, storage, analyser, s, &job), span.clone())
+            .await;
+    let _entered = span.enter();
+    match outcome {
         Ok(summary) => {
-            tracing::info!(job_id = job.id, study_instance_uid = %job.study_instance_uid, %summary, "job done");
+            tracing::info!(%summary, "job done");
         }
         Err(JobError::LeaseLost) => {
-            tracing::warn!(
-                job_id = job.id,
-                "lease lost: leaving the job to its new owner"
-            );
+            tracing::warn!("lease lost: leaving the job to its new owner");
         }
         Err(e) if job.attempts as u32 >= s.max_attempts => {
-            tracing::error!(job_id = job.id, study_instance_uid = %job.study_instance_uid, error = %e, "job failed for good");
-            jobs::fail(pool, &job, &s.owner, &e.to_string()).await?;
+            tracing::error!(error = %e, "job failed for good");
+            let reason = e.to_string();
+            if jobs::fail(pool, &job, &s.owner, &reason).await? {
+                let failed = jobs::FailedJob {
+                    id: job.id,
+                    study_instance_uid: job.study_instance_uid.clone(),
+                    attempts: job.attempts,
+                    reason: reason.clone(),
+                };
+                report_failure(pool, storage, s, &failed, &reason).await;
+            }
         }
         Err(e) => {
             let delay = retry_delay(s.retry_base, job.attempts);
-            tracing::warn!(job_id = job.id, error = %e, retry_in_s = delay.as_secs(), "job failed: will retry");
+            tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "job failed: will retry");
             jobs::retry_later(pool, job.id, &s.owner, delay, &e.to_string()).await?;
         }
     }
     Ok(Pass::Worked)
+}
+
+/// A study whose job failed for good gets a "not analysed" SR naming the failure, unless it has
+/// a report already (which stands). Failures here are logged: the job's failed state remains.
+async fn report_failure(
+    pool: &PgPool,
+    storage: &Arc<dyn Storage>,
+    s: &WorkerSettings,
+    job: &jobs::FailedJob,
+    reason: &str,
+) {
+    let result = async {
+        if analysis::latest_report(pool, &job.study_instance_uid)
+            .await?
+            .is_some()
+        {
+            return Ok::<_, JobError>(None);
+        }
+        let instances = analysis::failed_instances(pool, &job.study_instance_uid).await?;
+        let skipped = vec![format!("analysis failed: {reason}")];
+        let outcome = Outcome {
+            job_id: job.id,
+            study: &job.study_instance_uid,
+            pending: &instances,
+            analysed: &[],
+            fresh: &[],
+            skipped: &[],
+            skipped_reasons: &skipped,
+            previous: None,
+            failed: true,
+        };
+        let built = issue_report(pool, storage, s, outcome).await?;
+        Ok(Some(built))
+    }
+    .await;
+    match result {
+        Ok(Some(sop)) => tracing::warn!(
+            job_id = job.id,
+            study_instance_uid = %job.study_instance_uid,
+            sr_sop_instance_uid = %sop,
+            "a \"not analysed\" SR naming the failure is queued"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(
+            job_id = job.id,
+            study_instance_uid = %job.study_instance_uid,
+            error = %e,
+            "no SR for the failed job; its failed state is recorded"
+        ),
+    }
 }
 
 /// Exponential backoff: base × 2^(attempt−1), capped at 10 minutes.
@@ -160,13 +281,9 @@ async fn process(
 ) -> Result<String, JobError> {
     let study = job.study_instance_uid.as_str();
     let pending = analysis::claim_instances(pool, study, job.kind == "reprocess").await?;
-    let mut paths = Vec::with_capacity(pending.len());
+    let mut keys = Vec::with_capacity(pending.len());
     for p in &pending {
-        let key = SpoolKey::parse(&p.spool_key).map_err(|e| JobError::Spool(e.to_string()))?;
-        let path = storage
-            .local_path(&key)
-            .ok_or_else(|| JobError::Spool("storage has no local path".into()))?;
-        paths.push(path);
+        keys.push(SpoolKey::parse(&p.spool_key).map_err(|e| JobError::Spool(e.to_string()))?);
     }
     if pending.is_empty() {
         let mut tx = pool.begin().await?;
@@ -176,7 +293,7 @@ async fn process(
         tx.commit().await?;
         return Ok("nothing to analyse".into());
     }
-    let reports = run_models(analyser, paths).await?;
+    let reports = run_models(analyser, storage, keys).await?;
     if let Some(m) = &s.metrics {
         observe(m, &reports);
     }
@@ -224,18 +341,74 @@ async fn process(
             analysed.push(analysed_instance(p, row, labels));
         }
     }
+    let outcome = Outcome {
+        job_id: job.id,
+        study,
+        pending: &pending,
+        analysed: &analysed,
+        fresh: &fresh,
+        skipped: &skipped,
+        skipped_reasons: &skipped_reasons,
+        previous: previous.as_ref(),
+        failed: false,
+    };
+    let sr = issue_report(pool, storage, s, outcome).await?;
+    let kind = if analysed.is_empty() {
+        "not_analysed"
+    } else {
+        "findings"
+    };
+    Ok(format!(
+        "{analysed_now} analysed, {} skipped, SR {sr} ({kind}) queued",
+        skipped.len(),
+    ))
+}
+
+/// What a job found, for its report.
+struct Outcome<'a> {
+    job_id: i64,
+    study: &'a str,
+    /// The instances the job took.
+    pending: &'a [analysis::PendingInstance],
+    /// Every analysed instance of the study (earlier jobs' included).
+    analysed: &'a [AnalysedInstance],
+    /// This job's analyses, recorded with the report.
+    fresh: &'a [(AnalysisRow, Vec<LabelRow>)],
+    /// This job's skipped instances with their reasons, recorded with the report.
+    skipped: &'a [(String, String)],
+    /// Why images were not analysed (or why the job failed).
+    skipped_reasons: &'a [String],
+    previous: Option<&'a analysis::ReportRow>,
+    /// The job failed for good (the report names the failure; the job stays failed).
+    failed: bool,
+}
+
+/// Build the study's SR (findings, or "not analysed" when nothing is analysed), archive it, and
+/// in one transaction record the job's results, the report row and its outbox rows and complete
+/// the job (a job already failed stays failed). Returns the SR's SOP Instance UID.
+async fn issue_report(
+    pool: &PgPool,
+    storage: &Arc<dyn Storage>,
+    s: &WorkerSettings,
+    o: Outcome<'_>,
+) -> Result<String, JobError> {
+    let Outcome {
+        job_id,
+        study,
+        pending,
+        analysed,
+        fresh,
+        skipped,
+        skipped_reasons,
+        previous,
+        failed,
+    } = o;
     let header_key = pending
         .first()
         .map(|p| p.spool_key.clone())
         .ok_or_else(|| JobError::Report("job has no instance".into()))?;
     let source = read_source(storage, &header_key).await?;
-    let request = report_request(
-        source,
-        &analysed,
-        &pending,
-        &skipped_reasons,
-        previous.as_ref(),
-    )?;
+    let request = report_request(source, analysed, pending, skipped_reasons, previous)?;
     let built = report::build_sr(&request).map_err(|e| JobError::Report(e.to_string()))?;
     let dir = s.archive_dir.clone();
     let built = Arc::new(built);
@@ -249,20 +422,20 @@ async fn process(
     } else {
         "findings"
     };
-    let reason = (kind == "not_analysed").then(|| summarise(&skipped_reasons));
+    let reason = (kind == "not_analysed").then(|| summarise(skipped_reasons));
     let archive = archive_path.display().to_string();
     let mut tx = pool.begin().await?;
-    record_results(&mut tx, job.id, &fresh, &skipped).await?;
+    record_results(&mut tx, job_id, fresh, skipped).await?;
     analysis::insert_report(
         &mut tx,
         &NewReport {
             study_instance_uid: study,
-            job_id: job.id,
+            job_id,
             kind,
             sr_sop_instance_uid: &built.sop_instance_uid,
             sr_series_instance_uid: &built.series_instance_uid,
             instance_number: request.instance_number as i32,
-            predecessor: previous.as_ref().map(|p| p.sr_sop_instance_uid.as_str()),
+            predecessor: previous.map(|p| p.sr_sop_instance_uid.as_str()),
             analysed_images: analysed.len() as i32,
             archive_path: &archive,
             reason: reason.as_deref(),
@@ -270,7 +443,7 @@ async fn process(
     )
     .await?;
     let destinations = s.destinations.borrow().clone();
-    let queued = outbox::enqueue(
+    outbox::enqueue(
         &mut tx,
         study,
         &built.sop_instance_uid,
@@ -279,15 +452,16 @@ async fn process(
     )
     .await
     .map_err(|e| JobError::Report(format!("cannot queue the SR: {e}")))?;
-    if !jobs::complete(&mut tx, job.id, &s.owner).await? {
+    let completed = if failed {
+        jobs::complete_unless_failed(&mut tx, job_id, &s.owner).await?
+    } else {
+        jobs::complete(&mut tx, job_id, &s.owner).await?
+    };
+    if !completed {
         return Err(JobError::LeaseLost);
     }
     tx.commit().await?;
-    Ok(format!(
-        "{analysed_now} analysed, {} skipped, SR {} ({kind}) queued for {queued} destination(s)",
-        skipped.len(),
-        built.sop_instance_uid
-    ))
+    Ok(built.sop_instance_uid.clone())
 }
 
 /// Store the analyses of this attempt and mark the skipped instances, with their reasons.
@@ -325,25 +499,40 @@ fn analysed_instance(
     }
 }
 
-/// Run the models on a blocking thread; the analyser travels there and back.
+/// Run the models on a blocking thread, reading each instance through the storage; the analyser
+/// travels there and back. A panic during the run loses the analyser (its sessions may be
+/// inconsistent): the job fails this attempt and the worker loads the models again.
 async fn run_models(
     analyser: &mut Option<Analyser>,
-    paths: Vec<PathBuf>,
+    storage: &Arc<dyn Storage>,
+    keys: Vec<SpoolKey>,
 ) -> Result<Vec<ImageReport>, JobError> {
     let Some(mut a) = analyser.take() else {
-        return Err(JobError::Inference(
-            "the models failed to come back from a previous run".into(),
-        ));
+        return Err(JobError::Inference("the models are not loaded".into()));
     };
-    let (a, result) = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::with_capacity(paths.len());
-        let result = a.analyse_paths(&paths, |r| out.push(r)).map(|()| out);
-        (a, result)
+    let storage = storage.clone();
+    let (back, result) = tokio::task::spawn_blocking(move || {
+        let names: Vec<String> = keys.iter().map(|k| k.as_str().to_string()).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            a.analyse_with(
+                &names,
+                |i| storage.open(&keys[i]).map_err(|e| e.to_string()),
+                |r| out.push(r),
+            )
+        }));
+        match run {
+            Ok(r) => (Some(a), r.map(|()| out).map_err(|e| e.to_string())),
+            Err(_) => (
+                None,
+                Err("the analysis panicked; the models are loaded again".into()),
+            ),
+        }
     })
     .await
     .map_err(|e| JobError::Inference(format!("inference thread: {e}")))?;
-    *analyser = Some(a);
-    result.map_err(|e| JobError::Inference(e.to_string()))
+    *analyser = back;
+    result.map_err(JobError::Inference)
 }
 
 /// Record the decode time of every image and the model times of every analysed one.
@@ -405,15 +594,14 @@ async fn read_source(storage: &Arc<dyn Storage>, key: &str) -> Result<SourceStud
     let key = SpoolKey::parse(key).map_err(|e| JobError::Spool(e.to_string()))?;
     let storage = storage.clone();
     tokio::task::spawn_blocking(move || {
-        let bytes = storage
-            .read(&key)
+        let (_, mut file) = storage
+            .open(&key)
             .map_err(|e| JobError::Spool(e.to_string()))?;
-        let obj = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .from_reader(bytes.get(128..).unwrap_or_default())
+        let (ts, header) = guard::read_header(&mut *file, guard::Limits::default())
+            .map_err(|e| JobError::Spool(format!("{} is malformed: {e}", key.as_str())))?;
+        let obj = crate::scp::header::parse_header(&header, &ts)
             .map_err(|e| JobError::Spool(format!("cannot read {}: {e}", key.as_str())))?;
-        let obj: &InMemDicomObject = &obj;
-        SourceStudy::from_dataset(obj).map_err(|e| JobError::Report(e.to_string()))
+        SourceStudy::from_dataset(&obj).map_err(|e| JobError::Report(e.to_string()))
     })
     .await
     .map_err(|e| JobError::Spool(e.to_string()))?

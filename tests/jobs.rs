@@ -124,3 +124,57 @@ async fn two_daemons_share_the_queue_and_each_study_is_reported_once() {
     let ran_b = b.log_text().matches("job done").count();
     assert_eq!(ran_a + ran_b, 4, "each job ran exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_and_dequeue_respect_the_lease_and_the_attempts() {
+    use cxr_worker::db::jobs;
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    cxr_worker::db::migrate(&pool).await.unwrap();
+    sqlx::query("INSERT INTO studies (study_instance_uid) VALUES ('1.2.3')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(jobs::enqueue_now(&pool, "1.2.3", "analyse").await.unwrap());
+    // worker A takes it with a short lease and stalls; worker B takes it over
+    let a = jobs::dequeue(&pool, "A", Duration::from_millis(100), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.attempts, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = jobs::dequeue(&pool, "B", Duration::from_secs(60), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((b.id, b.attempts), (a.id, 2));
+    // A wakes up and fails it: nothing changes, the job is B's
+    assert!(!jobs::fail(&pool, &a, "A", "stale").await.unwrap());
+    let (state, owner): (String, Option<String>) =
+        sqlx::query_as("SELECT state, lease_owner FROM jobs WHERE id = $1")
+            .bind(a.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), owner.as_deref()), ("running", Some("B")));
+    // B dies too; the job has used 2 of 2 attempts: never taken again, failed with its reason
+    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(a.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        jobs::dequeue(&pool, "C", Duration::from_secs(60), 2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let failed = jobs::fail_exhausted(&pool, 2).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0].reason.contains("taken 2 times"),
+        "{}",
+        failed[0].reason
+    );
+    assert!(jobs::fail_exhausted(&pool, 2).await.unwrap().is_empty());
+}

@@ -282,9 +282,7 @@ async fn duplicates_are_acknowledged_counted_and_the_first_copy_kept() {
     assert_eq!((count, dups), (1, 2));
     let stored = std::fs::read(d.spool_objects().join(key)).unwrap();
     assert!(dataset_bytes(&stored) == dataset_bytes(&std::fs::read(&first).unwrap()));
-    let staged: Vec<_> = std::fs::read_dir(d.dir.join("spool/tmp"))
-        .unwrap()
-        .collect();
+    let staged = staged_files(&d.dir.join("spool"));
     assert!(staged.is_empty(), "duplicates leave no staged files");
 }
 
@@ -410,9 +408,7 @@ async fn truncated_and_mismatched_data_sets_get_failure_statuses() {
         .await
         .unwrap();
     assert_eq!(n, 1, "only the good instance is recorded");
-    let staged: Vec<_> = std::fs::read_dir(d.dir.join("spool/tmp"))
-        .unwrap()
-        .collect();
+    let staged = staged_files(&d.dir.join("spool"));
     assert!(staged.is_empty(), "refused instances leave no staged files");
 }
 
@@ -449,26 +445,67 @@ async fn silent_peer_is_disconnected_after_the_read_timeout() {
         .unwrap()
         .replace("read_timeout_secs = 20", "read_timeout_secs = 1");
     std::fs::write(&cfg, text_cfg).unwrap();
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace(
+        "read_timeout_secs = 1",
+        "read_timeout_secs = 1\nassociation_request_timeout_secs = 2",
+    );
+    std::fs::write(&cfg, text_cfg).unwrap();
     let d = Daemon::start_with(dir, cfg);
+    // a connection that never asks for an association: closed after its request deadline
     let mut s = std::net::TcpStream::connect(d.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let started = std::time::Instant::now();
     let mut buf = [0u8; 16];
     let n = s.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "connection closed by the daemon");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    // an association that goes silent: closed after the read timeout
+    let mut s = dul::associate(
+        d.addr,
+        "SILENT",
+        AE,
+        &[(1, dul::VERIFICATION, dul::IMPLICIT_LE)],
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "association closed by the daemon");
+    assert!(started.elapsed() < Duration::from_secs(8));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn association_limit_rejects_transiently() {
     let db = TestDb::create().await;
     let d = Daemon::start(&db.url, "max_associations = 1");
-    // hold the only slot with a raw connection that sends nothing
-    let _held = std::net::TcpStream::connect(d.addr).unwrap();
+    // a connection that sends nothing does not take the slot (capacity is decided once the
+    // association is requested)
+    let idle = std::net::TcpStream::connect(d.addr).unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    let o = run("echoscu", &["-aec", AE, "127.0.0.1", &d.port()]);
+    assert!(
+        o.status.success(),
+        "an idle socket locked a sender out: {}",
+        text(&o)
+    );
+    drop(idle);
+    // an established association does
+    let held = dul::associate(
+        d.addr,
+        "HOLDER",
+        AE,
+        &[(1, dul::VERIFICATION, dul::IMPLICIT_LE)],
+    )
+    .unwrap();
     let o = run("echoscu", &["-aec", AE, "127.0.0.1", &d.port()]);
     assert!(!o.status.success());
     assert!(text(&o).contains("Local Limit Exceeded"), "{}", text(&o));
+    dul::release(held);
+    let o = run("echoscu", &["-aec", AE, "127.0.0.1", &d.port()]);
+    assert!(o.status.success(), "the slot is free again: {}", text(&o));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -533,9 +570,7 @@ async fn database_outage_answers_out_of_resources_and_loses_nothing() {
         "database down: out of resources, not Success: {acks:?}"
     );
     assert!(acks[0].comment.contains("database"), "{acks:?}");
-    let staged: Vec<_> = std::fs::read_dir(d.dir.join("spool/tmp"))
-        .unwrap()
-        .collect();
+    let staged = staged_files(&d.dir.join("spool"));
     assert!(
         staged.is_empty(),
         "a refused instance leaves no staged file"
@@ -621,9 +656,7 @@ async fn kill_9_mid_study_loses_no_acknowledged_instance() {
             a.file
         );
     }
-    let staged: Vec<_> = std::fs::read_dir(d2.dir.join("spool/tmp"))
-        .unwrap()
-        .collect();
+    let staged = staged_files(&d2.dir.join("spool"));
     assert!(staged.is_empty(), "staged leftovers are swept at start-up");
     // the sender resends the whole study: everything is acknowledged, nothing twice
     let acks = pynetdicom_send(&d2, "PYNETDICOM", 1, &files);

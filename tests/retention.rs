@@ -200,5 +200,24 @@ async fn retention_removes_delivered_studies_only() {
     wait_until(&pool, PURGED, &b, Duration::from_secs(30)).await;
     assert!(!d.spool_objects().join(&b_key).exists());
     assert!(d.log_text().contains("retention: removed"));
-    assert_eq!(pacs.unwrap().files().len(), 2);
+    assert_eq!(pacs.as_ref().unwrap().files().len(), 2);
+
+    // A is sent again after retention removed its file: not acknowledged and dropped as a
+    // duplicate, but stored again, analysed again, and reported again (a revised SR)
+    let acks = pynetdicom_send(&d, "MODALITY", 1, &[fixture("RG1_UNCR.dcm")]);
+    assert_eq!(acks[0].status, 0);
+    let (key, purged) = instance(&pool, &a).await;
+    assert_eq!(purged, None, "the re-sent instance is on disk again");
+    assert_eq!(key, a_key);
+    assert!(d.spool_objects().join(&key).exists());
+    wait_until(
+        &pool,
+        "SELECT count(*) >= 2 FROM reports r JOIN outbox o ON o.sr_sop_instance_uid = r.sr_sop_instance_uid \
+         WHERE r.study_instance_uid = $1 AND o.state = 'sent'",
+        &a,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(metrics(&d)["cxr_instances_restored_total"], 1.0);
+    assert_eq!(pacs.unwrap().files().len(), 3);
 }

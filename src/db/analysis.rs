@@ -34,6 +34,20 @@ pub async fn claim_instances(
     .await
 }
 
+/// The study's instances marked failed (their job failed for good), for its "not analysed" SR.
+pub async fn failed_instances(
+    pool: &PgPool,
+    study: &str,
+) -> Result<Vec<PendingInstance>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sop_instance_uid, sop_class_uid, series_instance_uid, spool_key FROM instances
+         WHERE study_instance_uid = $1 AND state = 'failed' ORDER BY sop_instance_uid",
+    )
+    .bind(study)
+    .fetch_all(pool)
+    .await
+}
+
 /// One label's result on one image.
 #[derive(Debug, Clone)]
 pub struct LabelRow {

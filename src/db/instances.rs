@@ -19,7 +19,11 @@ pub struct Arrival<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     New,
+    /// Already stored: the first copy is kept.
     Duplicate,
+    /// Already recorded, but its file was removed by retention: stored again and analysed again
+    /// (see [`restore`]).
+    Restored,
 }
 
 /// Insert the study and series if new, then the instance; a SOP Instance UID already present is
@@ -101,4 +105,31 @@ pub async fn record(
     .execute(&mut **tx)
     .await?;
     Ok(Recorded::Duplicate)
+}
+
+/// A re-sent instance whose file is gone (retention removed it): record the new copy as a fresh
+/// arrival, so that the file is kept again and the study analysed again (a revised report).
+/// Runs inside the caller's transaction, after [`record`] found the row.
+pub async fn restore(
+    tx: &mut Transaction<'_, Postgres>,
+    h: &InstanceHeader,
+    a: &Arrival<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE instances SET transfer_syntax_uid = $2, calling_ae_title = $3,
+             called_ae_title = $4, peer_address = $5, spool_key = $6, size_bytes = $7,
+             received_at = now(), purged_at = NULL, state = 'received', state_reason = NULL,
+             state_changed_at = now()
+         WHERE sop_instance_uid = $1",
+    )
+    .bind(&h.sop_instance_uid)
+    .bind(a.transfer_syntax_uid)
+    .bind(a.calling_ae_title)
+    .bind(a.called_ae_title)
+    .bind(&a.peer_address)
+    .bind(a.spool_key)
+    .bind(a.size_bytes)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! The job queue: one job per study ready for analysis, shared by every worker on every machine.
 //! Scheduling is idempotent (at most one open job per study); dequeue takes a lease with
-//! `FOR UPDATE SKIP LOCKED`; a job whose lease expired (its worker died) is taken again.
+//! `FOR UPDATE SKIP LOCKED`; a job whose lease expired (its worker died) is taken again. Every
+//! take counts as an attempt, so a job that kills its worker each time is failed once it has
+//! used its attempts ([`fail_exhausted`]) instead of looping for ever.
 
 use std::time::Duration;
 
@@ -45,11 +47,13 @@ pub async fn enqueue_now(pool: &PgPool, study: &str, kind: &str) -> Result<bool,
     Ok(r.rows_affected() == 1)
 }
 
-/// Take the next due job (or one whose lease expired) for `owner`, leased for `lease`.
+/// Take the next due job (or one whose lease expired) for `owner`, leased for `lease`; the take
+/// counts as an attempt. Jobs that used `max_attempts` are never taken (see [`fail_exhausted`]).
 pub async fn dequeue(
     pool: &PgPool,
     owner: &str,
     lease: Duration,
+    max_attempts: u32,
 ) -> Result<Option<Job>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE jobs SET state = 'running', lease_owner = $1,
@@ -57,8 +61,9 @@ pub async fn dequeue(
              attempts = attempts + 1, updated_at = now()
          WHERE id = (
              SELECT id FROM jobs
-             WHERE (state = 'queued' AND run_after <= now())
-                OR (state = 'running' AND lease_expires_at < now())
+             WHERE ((state = 'queued' AND run_after <= now())
+                    OR (state = 'running' AND lease_expires_at < now()))
+               AND attempts < $3
              ORDER BY run_after
              LIMIT 1
              FOR UPDATE SKIP LOCKED)
@@ -66,7 +71,48 @@ pub async fn dequeue(
     )
     .bind(owner)
     .bind(lease.as_secs_f64())
+    .bind(i64::from(max_attempts))
     .fetch_optional(pool)
+    .await
+}
+
+/// A job failed for good by [`fail_exhausted`] or [`fail`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FailedJob {
+    pub id: i64,
+    pub study_instance_uid: String,
+    pub attempts: i32,
+    pub reason: String,
+}
+
+/// Fail every job that used its `max_attempts` without finishing: its lease expired (the worker
+/// holding it died, was killed or stalled) or it waits for another attempt it may not have.
+/// Its instances being analysed are marked failed with the reason. Returns the jobs failed.
+pub async fn fail_exhausted(
+    pool: &PgPool,
+    max_attempts: u32,
+) -> Result<Vec<FailedJob>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH exhausted AS (
+             UPDATE jobs SET state = 'failed',
+                 last_error = format('taken %s times without finishing (its worker stopped each \
+                     time: a crash, a kill or a lost lease)', attempts)
+                     || coalesce('; last error: ' || last_error, ''),
+                 finished_at = now(), updated_at = now(),
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE attempts >= $1
+               AND ((state = 'running' AND lease_expires_at < now()) OR state = 'queued')
+             RETURNING id, study_instance_uid, attempts, last_error
+         ), marked AS (
+             UPDATE instances i SET state = 'failed', state_reason = e.last_error,
+                 state_changed_at = now()
+             FROM exhausted e
+             WHERE i.study_instance_uid = e.study_instance_uid AND i.state = 'analysing'
+         )
+         SELECT id, study_instance_uid, attempts, last_error AS reason FROM exhausted",
+    )
+    .bind(i64::from(max_attempts))
+    .fetch_all(pool)
     .await
 }
 
@@ -129,19 +175,25 @@ pub async fn retry_later(
     Ok(())
 }
 
-/// Mark a job failed for good, and the instances it was analysing with it.
-pub async fn fail(pool: &PgPool, job: &Job, owner: &str, error: &str) -> Result<(), sqlx::Error> {
+/// Mark a job failed for good, and the instances it was analysing with it, if `owner` still
+/// holds it; false (nothing changed) when another worker took it over.
+pub async fn fail(pool: &PgPool, job: &Job, owner: &str, error: &str) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    let held = sqlx::query(
         "UPDATE jobs SET state = 'failed', last_error = $3, finished_at = now(), updated_at = now(),
              lease_owner = NULL, lease_expires_at = NULL
-         WHERE id = $1 AND lease_owner = $2",
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
     )
     .bind(job.id)
     .bind(owner)
     .bind(error)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected()
+        == 1;
+    if !held {
+        return Ok(false);
+    }
     sqlx::query(
         "UPDATE instances SET state = 'failed', state_reason = $2, state_changed_at = now()
          WHERE study_instance_uid = $1 AND state = 'analysing'",
@@ -150,5 +202,24 @@ pub async fn fail(pool: &PgPool, job: &Job, owner: &str, error: &str) -> Result<
     .bind(error)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// For the report of a job failed for good: true when the job is failed (it stays so), else
+/// [`complete`].
+pub async fn complete_unless_failed(
+    tx: &mut sqlx::PgConnection,
+    id: i64,
+    owner: &str,
+) -> Result<bool, sqlx::Error> {
+    let failed: Option<bool> =
+        sqlx::query_scalar("SELECT state = 'failed' FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if failed == Some(true) {
+        return Ok(true);
+    }
+    complete(tx, id, owner).await
 }

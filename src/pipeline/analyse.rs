@@ -3,14 +3,17 @@
 //!
 //! CPU-bound and blocking throughout: call it from `spawn_blocking` or a dedicated thread.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
-use super::decode::{self, DecodeLimits, GreyImage, PixelSpacing, Voi};
+use super::decode::{
+    self, DecodeError, DecodeLimits, GreyImage, ImageAttributes, PixelSpacing, Voi,
+};
 use super::eligibility::{self, Eligibility};
+use super::helper::Decoder;
 use super::infer::{Engine, InferError};
 use super::preprocess;
 
@@ -135,11 +138,76 @@ pub struct ImageReport {
     pub timings: Timings,
 }
 
+/// What the decode step needs to know: the caps, and the models' input sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecodeRequest {
+    pub limits: DecodeLimits,
+    /// The segmenter's input size S (S×S).
+    pub segmenter_size: usize,
+    /// The classifier's input size C (C×C).
+    pub classifier_size: usize,
+}
+
+/// The decode step's result for one file: its attributes, the eligibility decision and, when
+/// eligible, the grey image resized to each model's input (what crosses from the decode helper).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DecodedImage {
+    pub attributes: ImageAttributes,
+    pub eligible: bool,
+    pub reason: String,
+    /// The source image's size.
+    pub rows: usize,
+    pub columns: usize,
+    pub voi: Option<Voi>,
+    #[serde(skip)]
+    pub grey_segmenter: GreyImage,
+    #[serde(skip)]
+    pub grey_classifier: GreyImage,
+    pub decode_ms: f64,
+    pub preprocess_ms: f64,
+}
+
+/// Decode one Part 10 file (with or without its preamble) and, when eligible, resize its grey
+/// image for both models. Pure CPU work on untrusted bytes: the daemon runs it in the decode
+/// helper ([`super::helper`]).
+pub fn decode_for_models(bytes: &[u8], req: &DecodeRequest) -> Result<DecodedImage, DecodeError> {
+    let started = Instant::now();
+    let file = decode::open_bytes(bytes, &req.limits)?;
+    let Eligibility { eligible, reason } = eligibility::assess(&file.attributes);
+    let mut out = DecodedImage {
+        attributes: file.attributes.clone(),
+        eligible,
+        reason,
+        ..DecodedImage::default()
+    };
+    if !eligible {
+        out.decode_ms = ms(started);
+        return Ok(out);
+    }
+    let stored = file.stored_image(&req.limits)?;
+    let (grey, voi) = decode::to_grey(&stored);
+    out.decode_ms = ms(started);
+    let started = Instant::now();
+    out.grey_segmenter = preprocess::resize(&grey, req.segmenter_size, req.segmenter_size);
+    out.grey_classifier = if req.classifier_size == req.segmenter_size {
+        out.grey_segmenter.clone()
+    } else {
+        preprocess::resize(&grey, req.classifier_size, req.classifier_size)
+    };
+    out.preprocess_ms = ms(started);
+    out.rows = stored.rows;
+    out.columns = stored.columns;
+    out.voi = Some(voi);
+    Ok(out)
+}
+
 /// Runs the models on files, a batch at a time.
 pub struct Analyser {
     pub engine: Engine,
     pub limits: DecodeLimits,
     pub batch_size: usize,
+    /// Where images are decoded (a helper process in the daemon).
+    pub decoder: Decoder,
 }
 
 /// An image ready for the models.
@@ -164,35 +232,56 @@ impl Analyser {
     pub fn analyse_paths(
         &mut self,
         paths: &[PathBuf],
+        emit: impl FnMut(ImageReport),
+    ) -> Result<(), InferError> {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        self.analyse_with(&names, |i| open_file(&paths[i]), emit)
+    }
+
+    /// Analyse the files named `names`, each opened by `open(i)` (its length and a reader, or why
+    /// it cannot be read), a batch at a time; `emit` gets each report in input order.
+    pub fn analyse_with(
+        &mut self,
+        names: &[String],
+        mut load: impl FnMut(usize) -> Result<Opened, String>,
         mut emit: impl FnMut(ImageReport),
     ) -> Result<(), InferError> {
-        for chunk in paths.chunks(self.batch_size.max(1)) {
-            for report in self.analyse_batch(chunk)? {
-                emit(report);
+        let batch = self.batch_size.max(1);
+        let mut start = 0;
+        while start < names.len() {
+            let end = (start + batch).min(names.len());
+            let mut reports = Vec::with_capacity(end - start);
+            let mut prepared = Vec::new();
+            for (index, i) in (start..end).enumerate() {
+                let (report, ready) = self.prepare(index, &names[i], load(i));
+                reports.push(report);
+                prepared.extend(ready);
             }
+            if !prepared.is_empty() {
+                self.run_models(&prepared, &mut reports)?;
+            }
+            reports.into_iter().for_each(&mut emit);
+            start = end;
         }
         Ok(())
     }
 
     /// Analyse up to one batch of files.
     pub fn analyse_batch(&mut self, paths: &[PathBuf]) -> Result<Vec<ImageReport>, InferError> {
-        let mut reports = Vec::with_capacity(paths.len());
-        let mut prepared = Vec::new();
-        for (index, path) in paths.iter().enumerate() {
-            let (report, ready) = self.prepare(index, path);
-            reports.push(report);
-            prepared.extend(ready);
-        }
-        if !prepared.is_empty() {
-            self.run_models(&prepared, &mut reports)?;
-        }
-        Ok(reports)
+        let mut out = Vec::with_capacity(paths.len());
+        self.analyse_paths(paths, |r| out.push(r))?;
+        Ok(out)
     }
 
     /// Decode, decide, preprocess one file.
-    fn prepare(&self, index: usize, path: &Path) -> (ImageReport, Option<Prepared>) {
+    fn prepare(
+        &mut self,
+        index: usize,
+        name: &str,
+        opened: Result<Opened, String>,
+    ) -> (ImageReport, Option<Prepared>) {
         let mut report = ImageReport {
-            file: path.display().to_string(),
+            file: name.to_string(),
             sop_instance_uid: None,
             study_instance_uid: None,
             series_instance_uid: None,
@@ -203,59 +292,52 @@ impl Analyser {
             timings: Timings::default(),
         };
         let started = Instant::now();
-        let file = match decode::open_path(path, &self.limits) {
-            Ok(f) => f,
-            Err(e) => {
-                report.reason = format!("undecodable: {e}");
+        let seg_size = self.engine.segmenter.info.input_size;
+        let cls = &self.engine.classifier.info;
+        let request = DecodeRequest {
+            limits: self.limits,
+            segmenter_size: seg_size,
+            classifier_size: cls.input_size,
+        };
+        let decoded = opened
+            .map_err(|e| format!("undecodable: {e}"))
+            .and_then(|(len, mut file)| self.decoder.decode(&mut *file, len, &request));
+        let image = match decoded {
+            Ok(image) => image,
+            Err(reason) => {
+                report.reason = reason;
                 report.timings.decode_ms = ms(started);
                 return (report, None);
             }
         };
-        let a = &file.attributes;
+        let a = &image.attributes;
         report.sop_instance_uid = a.sop_instance_uid.clone();
         report.study_instance_uid = a.study_instance_uid.clone();
         report.series_instance_uid = a.series_instance_uid.clone();
-        let Eligibility { eligible, reason } = eligibility::assess(a);
-        report.reason = reason;
-        if !eligible {
-            report.timings.decode_ms = ms(started);
+        report.reason = image.reason.clone();
+        report.timings.decode_ms = image.decode_ms;
+        report.timings.preprocess_ms = image.preprocess_ms;
+        let (true, Some(voi)) = (image.eligible, image.voi.clone()) else {
             return (report, None);
-        }
-        let stored = match file.stored_image(&self.limits) {
-            Ok(s) => s,
-            Err(e) => {
-                report.reason = format!("undecodable: {e}");
-                report.timings.decode_ms = ms(started);
-                return (report, None);
-            }
         };
-        let (grey, voi) = decode::to_grey(&stored);
-        report.timings.decode_ms = ms(started);
         let started = Instant::now();
-        let seg = &self.engine.segmenter.info;
         let cls = &self.engine.classifier.info;
-        let grey_segmenter = preprocess::resize(&grey, seg.input_size, seg.input_size);
-        let grey_classifier = if cls.input_size == seg.input_size {
-            grey_segmenter.clone()
-        } else {
-            preprocess::resize(&grey, cls.input_size, cls.input_size)
-        };
         let mut classifier_input = Vec::with_capacity(3 * cls.input_size * cls.input_size);
         preprocess::normalise_into(
-            &grey_classifier.pixels,
+            &image.grey_classifier.pixels,
             &cls.mean,
             &cls.std,
             &mut classifier_input,
         );
-        report.timings.preprocess_ms = ms(started);
+        report.timings.preprocess_ms += ms(started);
         report.eligible = true;
         let ready = Prepared {
             index,
-            grey_segmenter,
+            grey_segmenter: image.grey_segmenter,
             classifier_input,
-            spacing: a.pixel_spacing,
-            rows: stored.rows,
-            columns: stored.columns,
+            spacing: image.attributes.pixel_spacing,
+            rows: image.rows,
+            columns: image.columns,
             voi,
         };
         (report, Some(ready))
@@ -361,6 +443,18 @@ impl Analyser {
     }
 }
 
+/// A file to analyse: its length and a reader over it.
+pub type Opened = (u64, Box<dyn std::io::Read + Send>);
+
+fn open_file(path: &std::path::Path) -> Result<Opened, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read the file: {e}"))?
+        .len();
+    Ok((len, Box::new(std::io::BufReader::new(file))))
+}
+
 /// Organ areas and the cardiothoracic ratio from segmenter masks `[C,S,S]` (channels
 /// left_lung, right_lung, heart first) of an image of `rows`×`columns` original pixels.
 pub fn measure(
@@ -430,7 +524,7 @@ mod tests {
         let sp = PixelSpacing {
             row_mm: 0.5,
             column_mm: 0.25,
-            source: "PixelSpacing",
+            source: decode::SpacingSource::PixelSpacing,
         };
         let a = measure(&m, s, 16, 32, Some(sp));
         assert_eq!(a.left_lung.pixels, 12);

@@ -25,13 +25,14 @@ use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::codestream::{self, Codec, CodestreamError, FrameShape};
 use super::guard::{self, GuardError};
 use crate::scp::sop_classes;
 
 /// Caps applied to every file before decoding.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecodeLimits {
     /// Largest file (and largest inflated deflated data set) accepted, in bytes.
     pub max_file_bytes: u64,
@@ -67,6 +68,11 @@ pub enum DecodeError {
     Unsupported(String),
     #[error("frame of {rows}x{columns} pixels exceeds the {limit}-pixel cap")]
     TooManyPixels { rows: u32, columns: u32, limit: u64 },
+    #[error("pixel data does not match the image attributes ({transfer_syntax}): {source}")]
+    Codestream {
+        transfer_syntax: String,
+        source: CodestreamError,
+    },
     #[error("pixel data cannot be decoded ({transfer_syntax}): {message}")]
     Pixels {
         transfer_syntax: String,
@@ -75,7 +81,7 @@ pub enum DecodeError {
 }
 
 /// A coded entry of a DICOM code sequence (ViewCodeSequence, AnatomicRegionSequence).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Code {
     pub value: String,
     pub scheme: String,
@@ -83,18 +89,25 @@ pub struct Code {
 }
 
 /// Physical size of a pixel, in millimetres, and which attribute gave it.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct PixelSpacing {
     /// Distance between rows (vertical size of a pixel), mm.
     pub row_mm: f64,
     /// Distance between columns (horizontal size of a pixel), mm.
     pub column_mm: f64,
     /// `PixelSpacing` (calibrated to the patient) or `ImagerPixelSpacing` (detector plane).
-    pub source: &'static str,
+    pub source: SpacingSource,
+}
+
+/// The attribute a [`PixelSpacing`] came from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SpacingSource {
+    PixelSpacing,
+    ImagerPixelSpacing,
 }
 
 /// The attributes the pipeline reads, parsed once. No patient-identifying attribute is read.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ImageAttributes {
     pub sop_instance_uid: Option<String>,
     pub sop_class_uid: Option<String>,
@@ -127,7 +140,7 @@ impl std::fmt::Debug for DicomFile {
 }
 
 /// How the VOI step was done.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Voi {
     /// Window Center/Width from the file, with its VOI LUT Function.
@@ -149,7 +162,7 @@ pub enum Voi {
 }
 
 /// VOI LUT Function (0028,1056).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum VoiFunction {
     Linear,
@@ -174,7 +187,7 @@ pub struct StoredImage {
 }
 
 /// A single-channel float image, row-major.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GreyImage {
     pub width: usize,
     pub height: usize,
@@ -203,7 +216,10 @@ pub fn open_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<DicomFile, Deco
             limit: limits.max_file_bytes,
         });
     }
-    let layout = guard::check(bytes, limits.max_file_bytes)?;
+    let layout = guard::check(
+        bytes,
+        guard::Limits::with_max_inflated(limits.max_file_bytes),
+    )?;
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .from_reader(&bytes[layout.magic_offset..])
@@ -264,8 +280,11 @@ fn codes(obj: &DefaultDicomObject, tag: Tag) -> Vec<Code> {
 
 fn spacing(obj: &DefaultDicomObject) -> Option<PixelSpacing> {
     [
-        (tags::PIXEL_SPACING, "PixelSpacing"),
-        (tags::IMAGER_PIXEL_SPACING, "ImagerPixelSpacing"),
+        (tags::PIXEL_SPACING, SpacingSource::PixelSpacing),
+        (
+            tags::IMAGER_PIXEL_SPACING,
+            SpacingSource::ImagerPixelSpacing,
+        ),
     ]
     .into_iter()
     .find_map(|(tag, source)| match floats(obj, tag)?.as_slice() {
@@ -343,6 +362,7 @@ impl DicomFile {
             transfer_syntax: a.transfer_syntax.clone(),
             message,
         };
+        self.check_codestream(rows, columns)?;
         let decoded = self
             .object
             .decode_pixel_data_frame(0)
@@ -379,6 +399,60 @@ impl DicomFile {
             rescale_slope: slope,
             rescale_intercept: intercept,
             voi: self.voi(&decoded),
+        })
+    }
+
+    /// The first frame's codestream header (or native length) must agree with the image
+    /// attributes before any codec sees it ([`codestream`]).
+    fn check_codestream(&self, rows: u32, columns: u32) -> Result<(), DecodeError> {
+        let ts = &self.attributes.transfer_syntax;
+        let codec = Codec::of(ts).ok_or_else(|| DecodeError::TransferSyntax(ts.clone()))?;
+        let u16_of = |tag| {
+            self.object
+                .element_opt(tag)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_int::<u16>().ok())
+        };
+        let shape = FrameShape {
+            rows,
+            columns,
+            samples_per_pixel: u16_of(tags::SAMPLES_PER_PIXEL).unwrap_or(1),
+            bits_allocated: u16_of(tags::BITS_ALLOCATED).unwrap_or(0),
+            bits_stored: u16_of(tags::BITS_STORED).unwrap_or(0),
+        };
+        let pixel_data = self
+            .object
+            .element_opt(tags::PIXEL_DATA)
+            .ok()
+            .flatten()
+            .ok_or(DecodeError::NoPixelData)?;
+        let (native_len, head, first_len) = match pixel_data.value().fragments() {
+            Some(fragments) => {
+                let mut head = Vec::new();
+                for f in fragments {
+                    if head.len() >= codestream::HEAD_BYTES {
+                        break;
+                    }
+                    let room = codestream::HEAD_BYTES - head.len();
+                    head.extend_from_slice(&f[..f.len().min(room)]);
+                }
+                let first = fragments.first().map_or(0, |f| f.len() as u64);
+                (None, head, first)
+            }
+            None => {
+                let len = pixel_data
+                    .value()
+                    .primitive()
+                    .map_or(0, |p| p.calculate_byte_len() as u64);
+                (Some(len), Vec::new(), 0)
+            }
+        };
+        codestream::check_frame(codec, shape, native_len, &head, first_len).map_err(|source| {
+            DecodeError::Codestream {
+                transfer_syntax: ts.clone(),
+                source,
+            }
         })
     }
 

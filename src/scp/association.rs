@@ -1,124 +1,231 @@
 //! One association: negotiation (called AE, calling-AE allow-list, SOP classes, transfer
 //! syntaxes), then the DIMSE loop. A peer's bad input is answered with a status and the
 //! association goes on; a protocol violation aborts this association only.
+//!
+//! Generic over the byte stream (TCP today, TLS later). The A-ASSOCIATE-RQ is read by the caller
+//! (see [`super::run`]), which decides on capacity before anything is accepted.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use dicom_dictionary_std::uids;
-use dicom_ul::ServerAssociationOptions;
-use dicom_ul::association::server::AccessControl;
-use dicom_ul::association::{Association, AsyncServerAssociation};
 use dicom_ul::pdu::{
-    AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu,
-    PresentationContextResultReason, UserIdentity,
+    AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ, PDataValue, PDataValueType,
+    Pdu, PresentationContextResult, PresentationContextResultReason, UserVariableItem,
 };
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::dimse::{Command, Response, command_field, status};
+use super::dimse::{Command, MAX_COMMAND_BYTES, Response, command_field, status};
+use super::header::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use super::pdu::{PduError, PduStream};
 use super::{DataSink, ScpSettings, ScpStats, StoreHandler, StoreRequest, sop_classes};
+use crate::budget::MemoryBudget;
 use crate::config::{AllowedPeer, canonical_ip};
 
-/// Largest command set accepted (real ones are a few hundred bytes).
-const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// The DICOM application context (PS3.7 A.2.1).
+const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
 
-/// Called AE must be ours; calling AE (and host, where given) must be on the allow-list when
-/// there is one.
-struct PeerAccess<'a> {
-    allowed: &'a [AllowedPeer],
-    peer: SocketAddr,
+/// A presentation context as negotiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    pub id: u8,
+    pub abstract_syntax: String,
+    pub transfer_syntax: String,
+    pub accepted: bool,
 }
 
-impl AccessControl for PeerAccess<'_> {
-    fn check_access(
-        &self,
-        this_ae_title: &str,
-        calling_ae_title: &str,
-        called_ae_title: &str,
-        _user_identity: Option<&UserIdentity>,
-    ) -> Result<(), AssociationRJServiceUserReason> {
-        if called_ae_title.trim_matches(' ') != this_ae_title {
-            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
-        }
-        let ip = canonical_ip(self.peer.ip());
-        if !self.allowed.is_empty() && !self.allowed.iter().any(|p| p.admits(calling_ae_title, ip))
-        {
-            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
-        }
-        Ok(())
+/// What negotiation agreed.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    /// The calling AE title, trimmed.
+    pub calling_ae: String,
+    pub contexts: Vec<Context>,
+    /// The largest P-DATA-TF PDU the requester takes (0: no limit).
+    pub peer_max_pdu: u32,
+}
+
+fn trim(s: &str) -> &str {
+    s.trim_matches(|c: char| c == ' ' || c == '\0')
+}
+
+fn rejected_by_user(reason: AssociationRJServiceUserReason) -> AssociationRJ {
+    AssociationRJ {
+        result: AssociationRJResult::Permanent,
+        source: AssociationRJSource::ServiceUser(reason),
     }
 }
 
-/// Negotiate and serve one association until release, abort, error or shutdown. Returns
-/// whether the association was established.
-pub async fn serve<H: StoreHandler>(
-    socket: TcpStream,
-    peer: SocketAddr,
+/// Whether `calling` (from `ip`) may associate: always when the allow-list is empty.
+fn admitted(allowed: &[AllowedPeer], calling: &str, ip: IpAddr) -> bool {
+    allowed.is_empty() || allowed.iter().any(|p| p.admits(calling, canonical_ip(ip)))
+}
+
+/// Answer an A-ASSOCIATE-RQ: the A-ASSOCIATE-AC with the outcome of every presentation context,
+/// or the permanent rejection (wrong called AE, calling AE not on the allow-list, unsupported
+/// protocol version or application context). Each presentation context takes the first
+/// transfer syntax of the requester's list that we accept.
+pub fn negotiate(
+    rq: &AssociationRQ,
     settings: &ScpSettings,
-    handler: &H,
-    stats: &ScpStats,
-    shutdown: &CancellationToken,
-) -> bool {
-    let access = PeerAccess {
-        allowed: &settings.allowed,
-        peer,
-    };
-    let mut options = ServerAssociationOptions::new()
-        .ae_access_control(access)
-        .ae_title(settings.ae_title.as_str())
-        .with_abstract_syntax(uids::VERIFICATION)
-        .max_pdu_length(settings.max_pdu_length)
-        .read_timeout(settings.read_timeout)
-        .write_timeout(settings.write_timeout);
-    for class in &settings.accepted_sop_classes {
-        options = options.with_abstract_syntax(class.as_str());
+    peer: IpAddr,
+) -> Result<(AssociationAC, Negotiated), AssociationRJ> {
+    if rq.protocol_version & 1 == 0 {
+        return Err(rejected_by_user(
+            AssociationRJServiceUserReason::NoReasonGiven,
+        ));
     }
-    for ts in sop_classes::TRANSFER_SYNTAXES {
-        options = options.with_transfer_syntax(ts.uid);
+    if trim(&rq.application_context_name) != APPLICATION_CONTEXT {
+        return Err(rejected_by_user(
+            AssociationRJServiceUserReason::ApplicationContextNameNotSupported,
+        ));
     }
-    let mut association = match options.establish_async(socket).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::info!(%peer, error = %e, "association not established");
-            return false;
-        }
-    };
-    let calling = association.peer_ae_title().trim_matches(' ').to_string();
-    let accepted = association
-        .presentation_contexts()
+    if trim(&rq.called_ae_title) != settings.ae_title.as_str() {
+        return Err(rejected_by_user(
+            AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+        ));
+    }
+    let calling_ae = trim(&rq.calling_ae_title).to_string();
+    if !admitted(&settings.allowed, &calling_ae, peer) {
+        return Err(rejected_by_user(
+            AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+        ));
+    }
+    let contexts: Vec<Context> = rq
+        .presentation_contexts
         .iter()
-        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .count();
-    tracing::info!(%peer, calling_ae = %calling, accepted_contexts = accepted, "association established");
+        .map(|pc| {
+            let abstract_syntax = trim(&pc.abstract_syntax).to_string();
+            let offered = abstract_syntax == uids::VERIFICATION
+                || settings.accepted_sop_classes.contains(&abstract_syntax);
+            let chosen = pc
+                .transfer_syntaxes
+                .iter()
+                .map(|ts| trim(ts))
+                .find(|ts| sop_classes::is_accepted_transfer_syntax(ts));
+            Context {
+                id: pc.id,
+                abstract_syntax,
+                transfer_syntax: chosen
+                    .unwrap_or(uids::IMPLICIT_VR_LITTLE_ENDIAN)
+                    .to_string(),
+                accepted: offered && chosen.is_some(),
+            }
+        })
+        .collect();
+    let results = rq
+        .presentation_contexts
+        .iter()
+        .zip(&contexts)
+        .map(|(pc, c)| {
+            let offered = c.abstract_syntax == uids::VERIFICATION
+                || settings.accepted_sop_classes.contains(&c.abstract_syntax);
+            let reason = if c.accepted {
+                PresentationContextResultReason::Acceptance
+            } else if !offered {
+                PresentationContextResultReason::AbstractSyntaxNotSupported
+            } else {
+                PresentationContextResultReason::TransferSyntaxesNotSupported
+            };
+            PresentationContextResult {
+                id: pc.id,
+                reason,
+                transfer_syntax: c.transfer_syntax.clone(),
+            }
+        })
+        .collect();
+    let peer_max_pdu = rq
+        .user_variables
+        .iter()
+        .find_map(|v| match v {
+            UserVariableItem::MaxLength(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(dicom_ul::pdu::DEFAULT_MAX_PDU);
+    let ac = AssociationAC {
+        protocol_version: 1,
+        calling_ae_title: rq.calling_ae_title.clone(),
+        called_ae_title: rq.called_ae_title.clone(),
+        application_context_name: APPLICATION_CONTEXT.to_string(),
+        presentation_contexts: results,
+        user_variables: vec![
+            UserVariableItem::MaxLength(settings.max_pdu_length),
+            UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
+            UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
+        ],
+    };
+    Ok((
+        ac,
+        Negotiated {
+            calling_ae,
+            contexts,
+            peer_max_pdu,
+        },
+    ))
+}
 
-    let mut state = Session {
+/// What serving an association works with.
+pub struct Env<'a, H> {
+    pub peer: SocketAddr,
+    pub settings: &'a ScpSettings,
+    pub handler: &'a H,
+    pub stats: &'a ScpStats,
+    pub budget: &'a Arc<MemoryBudget>,
+    pub shutdown: &'a CancellationToken,
+}
+
+/// Serve an association that was just accepted (its A-ASSOCIATE-AC sent) until release, abort,
+/// error or shutdown.
+pub async fn serve<S, H>(pdus: &mut PduStream<S>, negotiated: Negotiated, env: Env<'_, H>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: StoreHandler,
+{
+    let Env {
         peer,
-        calling_ae: calling.clone(),
+        settings,
+        handler,
+        stats,
+        budget,
+        shutdown,
+    } = env;
+    let accepted = negotiated.contexts.iter().filter(|c| c.accepted).count();
+    tracing::info!(accepted_contexts = accepted, "association established");
+    let mut session = Session {
+        peer,
+        calling_ae: negotiated.calling_ae.clone(),
         called_ae: settings.ae_title.as_str().to_string(),
         max_dataset_bytes: settings.max_dataset_bytes,
+        max_pdu: settings.max_pdu_length,
+        patience: settings.read_timeout,
+        negotiated,
         message: None,
         stored: 0,
         stats,
+        budget,
     };
-    let end = state.run(&mut association, handler, shutdown).await;
+    let end = session.run(pdus, handler, shutdown).await;
+    let stored = session.stored;
     match end {
         End::Released => {
-            let _ = association.send(&Pdu::ReleaseRP).await;
-            tracing::info!(%peer, calling_ae = %calling, stored = state.stored, "association released");
+            let _ = pdus.write(&Pdu::ReleaseRP).await;
+            tracing::info!(stored, "association released");
         }
-        End::PeerAborted => {
-            tracing::warn!(%peer, calling_ae = %calling, stored = state.stored, "association aborted by peer");
-        }
+        End::PeerAborted => tracing::warn!(stored, "association aborted by peer"),
         End::Abort(reason) => {
-            tracing::warn!(%peer, calling_ae = %calling, stored = state.stored, %reason, "aborting association");
-            let _ = association.abort().await;
+            tracing::warn!(stored, %reason, "aborting association");
+            let abort = Pdu::AbortRQ {
+                source: AbortRQSource::ServiceProvider(
+                    AbortRQServiceProviderReason::ReasonNotSpecified,
+                ),
+            };
+            let _ = pdus.write(&abort).await;
         }
-        End::Closed(reason) => {
-            tracing::info!(%peer, calling_ae = %calling, stored = state.stored, %reason, "association closed");
-        }
+        End::Closed(reason) => tracing::info!(stored, %reason, "association closed"),
     }
-    true
+    pdus.shutdown().await;
 }
 
 /// How an association ended.
@@ -142,6 +249,8 @@ struct Message<S> {
     received: usize,
     /// The data set exceeded the size cap: its fragments are drained, not kept.
     oversize: bool,
+    /// The memory budget could not hold a fragment: the rest is drained, not kept.
+    over_budget: bool,
 }
 
 struct Session<'a, S> {
@@ -149,18 +258,27 @@ struct Session<'a, S> {
     calling_ae: String,
     called_ae: String,
     max_dataset_bytes: usize,
+    max_pdu: u32,
+    /// How long a fragment may wait for memory before its data set is refused.
+    patience: std::time::Duration,
+    negotiated: Negotiated,
     message: Option<Message<S>>,
     stored: u64,
     stats: &'a ScpStats,
+    budget: &'a Arc<MemoryBudget>,
 }
 
-impl<S: DataSink> Session<'_, S> {
-    async fn run<H: StoreHandler<Sink = S>>(
+impl<K: DataSink> Session<'_, K> {
+    async fn run<S, H>(
         &mut self,
-        association: &mut AsyncServerAssociation<TcpStream>,
+        pdus: &mut PduStream<S>,
         handler: &H,
         shutdown: &CancellationToken,
-    ) -> End {
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        H: StoreHandler<Sink = K>,
+    {
         loop {
             // Only an idle association (no message half received) is cut by shutdown:
             // a C-STORE in flight completes and is answered first.
@@ -168,19 +286,22 @@ impl<S: DataSink> Session<'_, S> {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return End::Abort("shutting down".into()),
-                    pdu = association.receive() => pdu,
+                    pdu = pdus.read(self.max_pdu) => pdu,
                 }
             } else {
-                association.receive().await
+                pdus.read(self.max_pdu).await
             };
             let pdu = match pdu {
                 Ok(pdu) => pdu,
+                Err(e @ (PduError::TooLarge { .. } | PduError::Malformed { .. })) => {
+                    return End::Abort(e.to_string());
+                }
                 Err(e) => return End::Closed(e.to_string()),
             };
             match pdu {
                 Pdu::PData { data } => {
                     for value in data {
-                        if let Err(end) = self.on_pdata(value, association, handler).await {
+                        if let Err(end) = self.on_pdata(value, pdus, handler).await {
                             return end;
                         }
                     }
@@ -192,7 +313,7 @@ impl<S: DataSink> Session<'_, S> {
                     return End::Released;
                 }
                 Pdu::AbortRQ { source } => {
-                    tracing::debug!(peer = %self.peer, ?source, "peer abort");
+                    tracing::debug!(?source, "peer abort");
                     return End::PeerAborted;
                 }
                 other => {
@@ -202,25 +323,29 @@ impl<S: DataSink> Session<'_, S> {
         }
     }
 
-    async fn on_pdata<H: StoreHandler<Sink = S>>(
+    async fn on_pdata<S, H>(
         &mut self,
         value: PDataValue,
-        association: &mut AsyncServerAssociation<TcpStream>,
+        pdus: &mut PduStream<S>,
         handler: &H,
-    ) -> Result<(), End> {
-        let Some(pc) = association
-            .presentation_contexts()
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        H: StoreHandler<Sink = K>,
+    {
+        let Some(pc) = self
+            .negotiated
+            .contexts
             .iter()
-            .find(|pc| pc.id == value.presentation_context_id)
-            .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+            .find(|c| c.id == value.presentation_context_id && c.accepted)
         else {
             return Err(End::Abort(format!(
                 "P-DATA on presentation context {} which was not accepted",
                 value.presentation_context_id
             )));
         };
-        let transfer_syntax = pc.transfer_syntax.trim_end_matches(['\0', ' ']).to_string();
-        let abstract_syntax = pc.abstract_syntax.trim_end_matches(['\0', ' ']).to_string();
+        let transfer_syntax = pc.transfer_syntax.clone();
+        let abstract_syntax = pc.abstract_syntax.clone();
         let message = self.message.get_or_insert_with(|| Message {
             pc_id: value.presentation_context_id,
             command_bytes: Vec::new(),
@@ -228,6 +353,7 @@ impl<S: DataSink> Session<'_, S> {
             sink: None,
             received: 0,
             oversize: false,
+            over_budget: false,
         });
         if message.pc_id != value.presentation_context_id {
             return Err(End::Abort(
@@ -260,7 +386,13 @@ impl<S: DataSink> Session<'_, S> {
                 }
                 self.message = None;
                 let response = self.answer_command(&command, &abstract_syntax);
-                send_response(association, value.presentation_context_id, &response).await
+                send_response(
+                    pdus,
+                    &self.negotiated,
+                    value.presentation_context_id,
+                    &response,
+                )
+                .await
             }
             PDataValueType::Data => {
                 let Some(command) = message.command.clone() else {
@@ -271,8 +403,18 @@ impl<S: DataSink> Session<'_, S> {
                     // abandon what was kept; drain the rest
                     message.oversize = true;
                     message.sink = None;
-                } else if let Some(sink) = message.sink.as_mut() {
-                    sink.push(value.data).await;
+                } else if message.sink.is_some() {
+                    match self.budget.take(value.data.len(), self.patience).await {
+                        Some(grant) => {
+                            if let Some(sink) = message.sink.as_mut() {
+                                sink.push(value.data, grant).await;
+                            }
+                        }
+                        None => {
+                            message.over_budget = true;
+                            message.sink = None;
+                        }
+                    }
                 }
                 if !value.is_last {
                     return Ok(());
@@ -283,7 +425,13 @@ impl<S: DataSink> Session<'_, S> {
                 let response = self
                     .answer_store(command, message, transfer_syntax, &abstract_syntax, handler)
                     .await;
-                send_response(association, value.presentation_context_id, &response).await
+                send_response(
+                    pdus,
+                    &self.negotiated,
+                    value.presentation_context_id,
+                    &response,
+                )
+                .await
             }
         }
     }
@@ -291,17 +439,17 @@ impl<S: DataSink> Session<'_, S> {
     /// A command without a data set: C-ECHO, or something we do not offer.
     fn answer_command(&self, command: &Command, abstract_syntax: &str) -> Response {
         if command.field == command_field::C_ECHO_RQ && abstract_syntax == uids::VERIFICATION {
-            tracing::debug!(peer = %self.peer, calling_ae = %self.calling_ae, "C-ECHO");
+            tracing::debug!("C-ECHO");
             return Response::to(command, status::SUCCESS);
         }
         Response::to(command, status::UNRECOGNIZED_OPERATION)
             .with_comment("only C-ECHO and C-STORE are supported")
     }
 
-    async fn answer_store<H: StoreHandler<Sink = S>>(
+    async fn answer_store<H: StoreHandler<Sink = K>>(
         &mut self,
         command: Command,
-        message: Message<S>,
+        message: Message<K>,
         transfer_syntax: String,
         abstract_syntax: &str,
         handler: &H,
@@ -325,13 +473,25 @@ impl<S: DataSink> Session<'_, S> {
                 .instances_oversize
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                peer = %self.peer, sop_instance_uid = %sop_instance,
+                sop_instance_uid = ?sop_instance,
                 max_bytes = self.max_dataset_bytes, "data set over the size limit: refused"
             );
             return Response::to(&command, status::OUT_OF_RESOURCES).with_comment(&format!(
                 "data set exceeds the {} MiB limit",
                 self.max_dataset_bytes >> 20
             ));
+        }
+        if message.over_budget {
+            self.stats
+                .instances_over_budget
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                sop_instance_uid = ?sop_instance,
+                budget_bytes = self.budget.limit(),
+                "receive memory budget exhausted: data set refused"
+            );
+            return Response::to(&command, status::OUT_OF_RESOURCES)
+                .with_comment("receive memory budget exhausted; retry later");
         }
         let Some(sink) = message.sink else {
             return Response::to(&command, status::OUT_OF_RESOURCES)
@@ -356,26 +516,37 @@ impl<S: DataSink> Session<'_, S> {
     }
 }
 
-async fn send_response(
-    association: &mut AsyncServerAssociation<TcpStream>,
+/// Send a response command set, split into PDUs no larger than the peer takes.
+async fn send_response<S: AsyncRead + AsyncWrite + Unpin>(
+    pdus: &mut PduStream<S>,
+    negotiated: &Negotiated,
     pc_id: u8,
     response: &Response,
 ) -> Result<(), End> {
     let data = response
         .encode()
         .map_err(|e| End::Abort(format!("cannot encode response: {e}")))?;
-    let pdu = Pdu::PData {
-        data: vec![PDataValue {
-            presentation_context_id: pc_id,
-            value_type: PDataValueType::Command,
-            is_last: true,
-            data,
-        }],
+    // a PDV item costs 6 bytes (length, context id, control header) inside the PDU
+    let room = match negotiated.peer_max_pdu {
+        0 => data.len().max(1),
+        n => (n as usize).saturating_sub(6).max(1),
     };
-    association
-        .send(&pdu)
-        .await
-        .map_err(|e| End::Closed(format!("cannot send response: {e}")))
+    let pieces: Vec<&[u8]> = data.chunks(room).collect();
+    let last = pieces.len().saturating_sub(1);
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let pdu = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc_id,
+                value_type: PDataValueType::Command,
+                is_last: i == last,
+                data: piece.to_vec(),
+            }],
+        };
+        pdus.write(&pdu)
+            .await
+            .map_err(|e| End::Closed(format!("cannot send response: {e}")))?;
+    }
+    Ok(())
 }
 
 fn pdu_name(pdu: &Pdu) -> &'static str {
@@ -392,27 +563,87 @@ fn pdu_name(pdu: &Pdu) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 mod tests {
     use super::*;
+    use dicom_ul::pdu::PresentationContextProposed;
+
+    fn settings(allowed: Vec<AllowedPeer>) -> ScpSettings {
+        ScpSettings {
+            ae_title: crate::config::AeTitle::parse("CXR").unwrap(),
+            allowed,
+            max_associations: 4,
+            max_associations_per_host: 4,
+            max_pending_associations: 8,
+            max_pending_per_host: 4,
+            association_request_timeout: std::time::Duration::from_secs(1),
+            max_pdu_length: 16_384,
+            read_timeout: std::time::Duration::from_secs(1),
+            write_timeout: std::time::Duration::from_secs(1),
+            max_dataset_bytes: 1 << 20,
+            accepted_sop_classes: vec![uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE.to_string()],
+        }
+    }
+
+    fn rq(calling: &str, called: &str) -> AssociationRQ {
+        AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: calling.into(),
+            called_ae_title: called.into(),
+            application_context_name: APPLICATION_CONTEXT.into(),
+            presentation_contexts: vec![
+                PresentationContextProposed {
+                    id: 1,
+                    abstract_syntax: uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE.into(),
+                    transfer_syntaxes: vec![
+                        "1.2.840.10008.1.2.4.51".into(),
+                        uids::EXPLICIT_VR_LITTLE_ENDIAN.into(),
+                    ],
+                },
+                PresentationContextProposed {
+                    id: 3,
+                    abstract_syntax: uids::CT_IMAGE_STORAGE.into(),
+                    transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.into()],
+                },
+            ],
+            user_variables: vec![UserVariableItem::MaxLength(32_768)],
+        }
+    }
 
     #[test]
-    fn access_control() {
-        let allowed = vec![crate::config::AllowedPeer {
+    fn negotiation_picks_the_first_accepted_syntax_and_names_refusals() {
+        let s = settings(vec![]);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let (ac, n) = negotiate(&rq("MOD", "CXR"), &s, ip).unwrap();
+        assert_eq!(n.peer_max_pdu, 32_768);
+        assert_eq!(
+            n.contexts[0].transfer_syntax,
+            uids::EXPLICIT_VR_LITTLE_ENDIAN
+        );
+        assert!(n.contexts[0].accepted && !n.contexts[1].accepted);
+        assert_eq!(
+            ac.presentation_contexts[1].reason,
+            PresentationContextResultReason::AbstractSyntaxNotSupported
+        );
+        let rj = negotiate(&rq("MOD", "OTHER"), &s, ip).unwrap_err();
+        assert_eq!(
+            rj.source,
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized
+            )
+        );
+        let allowed = vec![AllowedPeer {
             ae_title: crate::config::AeTitle::parse("MOD").unwrap(),
-            host: None,
+            host: Some("10.0.0.1".parse().unwrap()),
         }];
-        let access = PeerAccess {
-            allowed: &allowed,
-            peer: "127.0.0.1:1000".parse().unwrap(),
-        };
-        assert!(access.check_access("CXR", "MOD", "CXR", None).is_ok());
+        let s = settings(allowed);
+        let rj = negotiate(&rq("MOD", "CXR"), &s, ip).unwrap_err();
         assert_eq!(
-            access.check_access("CXR", "MOD", "OTHER", None),
-            Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
+            rj.source,
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CallingAETitleNotRecognized
+            )
         );
-        assert_eq!(
-            access.check_access("CXR", "ROGUE", "CXR", None),
-            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
-        );
+        assert!(negotiate(&rq("MOD", "CXR"), &s, "10.0.0.1".parse().unwrap()).is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! DIMSE messages: parsing the command sets the SCP receives and encoding its responses.
 //! Command sets are always Implicit VR Little Endian (PS3.7 6.3.1).
 
-use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR, dicom_value};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
@@ -56,30 +56,73 @@ fn trim_uid(s: &str) -> String {
     s.trim_end_matches(['\0', ' ']).to_string()
 }
 
+/// Largest command set accepted (real ones are a few hundred bytes).
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
 impl Command {
-    /// Parse a complete command set.
+    /// Parse a complete command set: a flat list of group 0000 elements in Implicit VR Little
+    /// Endian. Command sets hold no sequences, so none is read; every length is checked against
+    /// what remains before anything is read, and nothing is allocated beyond the bytes given.
     pub fn parse(bytes: &[u8]) -> Result<Self, CommandError> {
-        let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
-        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &ts)
-            .map_err(|e| CommandError::Parse(e.to_string()))?;
-        let u16_of = |tag, name| -> Result<u16, CommandError> {
-            obj.element(tag)
+        if bytes.len() > MAX_COMMAND_BYTES {
+            return Err(CommandError::Parse(format!(
+                "command set of {} bytes exceeds {MAX_COMMAND_BYTES}",
+                bytes.len()
+            )));
+        }
+        let (mut field, mut message_id, mut data_set_type) = (None, None, None);
+        let (mut sop_class, mut sop_instance) = (None, None);
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let Some(head) = bytes.get(pos..pos + 8) else {
+                return Err(CommandError::Parse(format!(
+                    "element header cut short at byte {pos}"
+                )));
+            };
+            let group = u16::from_le_bytes([head[0], head[1]]);
+            let element = u16::from_le_bytes([head[2], head[3]]);
+            let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            if group != 0x0000 {
+                return Err(CommandError::Parse(format!(
+                    "element ({group:04X},{element:04X}) at byte {pos} is not in the command group"
+                )));
+            }
+            let start = pos + 8;
+            let Some(value) = usize::try_from(len)
                 .ok()
-                .and_then(|e| e.to_int::<u16>().ok())
-                .ok_or(CommandError::Missing(name))
-        };
-        let str_of = |tag| -> Option<String> {
-            obj.element(tag)
-                .ok()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| trim_uid(&s))
-        };
+                .and_then(|l| bytes.get(start..start.checked_add(l)?))
+            else {
+                return Err(CommandError::Parse(format!(
+                    "element (0000,{element:04X}) declares {len} bytes but {} remain",
+                    bytes.len() - start
+                )));
+            };
+            let us = || -> Result<u16, CommandError> {
+                match value {
+                    [a, b] => Ok(u16::from_le_bytes([*a, *b])),
+                    _ => Err(CommandError::Parse(format!(
+                        "(0000,{element:04X}) has {} bytes, not 2",
+                        value.len()
+                    ))),
+                }
+            };
+            let ui = || trim_uid(&String::from_utf8_lossy(value));
+            match Tag(group, element) {
+                tags::COMMAND_FIELD => field = Some(us()?),
+                tags::MESSAGE_ID => message_id = Some(us()?),
+                tags::COMMAND_DATA_SET_TYPE => data_set_type = Some(us()?),
+                tags::AFFECTED_SOP_CLASS_UID => sop_class = Some(ui()),
+                tags::AFFECTED_SOP_INSTANCE_UID => sop_instance = Some(ui()),
+                _ => {}
+            }
+            pos = start + value.len();
+        }
         Ok(Self {
-            field: u16_of(tags::COMMAND_FIELD, "Command Field")?,
-            message_id: u16_of(tags::MESSAGE_ID, "Message ID")?,
-            affected_sop_class_uid: str_of(tags::AFFECTED_SOP_CLASS_UID),
-            affected_sop_instance_uid: str_of(tags::AFFECTED_SOP_INSTANCE_UID),
-            has_data_set: u16_of(tags::COMMAND_DATA_SET_TYPE, "Command Data Set Type")?
+            field: field.ok_or(CommandError::Missing("Command Field"))?,
+            message_id: message_id.ok_or(CommandError::Missing("Message ID"))?,
+            affected_sop_class_uid: sop_class,
+            affected_sop_instance_uid: sop_instance,
+            has_data_set: data_set_type.ok_or(CommandError::Missing("Command Data Set Type"))?
                 != NO_DATA_SET,
         })
     }
@@ -109,9 +152,22 @@ impl Response {
         }
     }
 
-    /// Attach an Error Comment (at most 64 characters, as the LO VR allows).
+    /// Attach an Error Comment: at most 64 characters of printable ASCII without backslash, as
+    /// the LO VR allows (anything else, e.g. from a peer's data, becomes `?`).
     pub fn with_comment(mut self, comment: &str) -> Self {
-        self.error_comment = Some(comment.chars().take(64).collect());
+        self.error_comment = Some(
+            comment
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() && c != '\\' || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .take(64)
+                .collect(),
+        );
         self
     }
 

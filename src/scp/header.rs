@@ -4,7 +4,10 @@
 use chrono::NaiveDate;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 
 /// Implementation Class UID written in the file meta of stored files (2.25 UUID-derived, fixed).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.176361094755367043416387219398442396731";
@@ -93,21 +96,42 @@ pub fn parse_da(raw: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(&digits, "%Y%m%d").ok()
 }
 
-/// Read the header of a received data set (with the preamble and meta built for it by
-/// [`file_preamble_and_meta`]) up to the pixel data, and check it against the command: the SOP
-/// Class and Instance UIDs must match, and the study and series UIDs must be present and valid.
+/// Read the header of a received data set (its elements before Pixel Data, as kept by the
+/// structural guard: inflated when the transfer syntax is deflated) and check it against the
+/// command: the SOP Class and Instance UIDs must match, and the study and series UIDs must be
+/// present and valid.
 pub fn read_header(
-    preamble_and_meta: &[u8],
-    dataset: &[u8],
+    header: &[u8],
+    transfer_syntax: &str,
     affected_sop_class_uid: &str,
     affected_sop_instance_uid: &str,
 ) -> Result<InstanceHeader, HeaderError> {
-    let meta = preamble_and_meta.get(128..).unwrap_or_default();
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(std::io::Read::chain(meta, dataset))
-        .map_err(|e| HeaderError::Unreadable(e.to_string()))?;
-    let obj: &InMemDicomObject = &obj;
+    let obj = parse_header(header, transfer_syntax)?;
+    check_header(&obj, affected_sop_class_uid, affected_sop_instance_uid)
+}
+
+/// Parse a header walked by the structural guard (the elements before Pixel Data, inflated when
+/// the transfer syntax is deflated).
+pub fn parse_header(header: &[u8], transfer_syntax: &str) -> Result<InMemDicomObject, HeaderError> {
+    let uid = transfer_syntax.trim_end_matches(['\0', ' ']);
+    let explicit = EXPLICIT_VR_LITTLE_ENDIAN.erased();
+    let ts = if uid == "1.2.840.10008.1.2.1.99" {
+        // the guard kept the header inflated
+        &explicit
+    } else {
+        TransferSyntaxRegistry
+            .get(uid)
+            .ok_or_else(|| HeaderError::Unreadable(format!("unknown transfer syntax {uid:?}")))?
+    };
+    InMemDicomObject::read_dataset_with_ts(header, ts)
+        .map_err(|e| HeaderError::Unreadable(e.to_string()))
+}
+
+fn check_header(
+    obj: &InMemDicomObject,
+    affected_sop_class_uid: &str,
+    affected_sop_instance_uid: &str,
+) -> Result<InstanceHeader, HeaderError> {
     let sop_class_uid = required(obj, tags::SOP_CLASS_UID, "SOP Class UID")?;
     if sop_class_uid != affected_sop_class_uid {
         return Err(HeaderError::Mismatch(format!(

@@ -5,36 +5,49 @@
 pub mod association;
 pub mod dimse;
 pub mod header;
+pub mod pdu;
 pub mod sop_classes;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
     AssociationRJSource, Pdu,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
-use crate::config::{AeTitle, AllowedPeer, DicomConfig};
+use crate::budget::{Grant, MemoryBudget};
+use crate::config::{AeTitle, AllowedPeer, DicomConfig, canonical_ip};
 use dimse::Command;
+use pdu::PduStream;
 
 /// What the association layer needs to know; built from `[dicom]`. The accept loop reads the
-/// current value for each association, so a reload (SIGHUP) changes the allow-list of the next
-/// association; `max_associations` is fixed at start-up.
+/// current value for each connection, so a reload (SIGHUP) changes the allow-list of the next
+/// association; the association and connection caps are fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct ScpSettings {
     pub ae_title: AeTitle,
     pub allowed: Vec<AllowedPeer>,
+    /// Associations served at once (after negotiation); more are rejected as transient.
     pub max_associations: usize,
+    /// Associations served at once from one peer address.
+    pub max_associations_per_host: usize,
+    /// Connections that have not yet sent their A-ASSOCIATE-RQ; more are closed at once.
+    pub max_pending_associations: usize,
+    /// Such connections from one peer address.
+    pub max_pending_per_host: usize,
+    /// How long a new connection has to send its A-ASSOCIATE-RQ.
+    pub association_request_timeout: Duration,
     pub max_pdu_length: u32,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -48,6 +61,10 @@ impl From<&DicomConfig> for ScpSettings {
             ae_title: c.ae_title.clone(),
             allowed: c.allowed_calling_ae_titles.clone(),
             max_associations: c.max_associations,
+            max_associations_per_host: c.max_associations_per_host,
+            max_pending_associations: c.max_pending_associations,
+            max_pending_per_host: c.max_pending_per_host,
+            association_request_timeout: c.association_request_timeout,
             max_pdu_length: c.max_pdu_length,
             read_timeout: c.read_timeout,
             write_timeout: c.write_timeout,
@@ -92,9 +109,10 @@ impl StoreOutcome {
 }
 
 /// Takes a data set's fragments in order, as they arrive, so that storing overlaps with
-/// receiving. Dropping a sink abandons its data set.
+/// receiving. Each fragment comes with the memory [`Grant`] that holds it, to be dropped once the
+/// fragment is written. Dropping a sink abandons its data set.
 pub trait DataSink: Send + 'static {
-    fn push(&mut self, fragment: Vec<u8>) -> impl Future<Output = ()> + Send;
+    fn push(&mut self, fragment: Vec<u8>, grant: Grant) -> impl Future<Output = ()> + Send;
 }
 
 /// Makes a received instance durable. Success may be returned only once it is.
@@ -125,6 +143,11 @@ pub trait StoreHandler: Send + Sync + 'static {
 pub struct ScpStats {
     /// Connections accepted by the listener (each one an association request).
     pub associations_total: AtomicU64,
+    /// Connections closed at once: too many waiting for their A-ASSOCIATE-RQ (in all, or from
+    /// one address).
+    pub connections_refused_pending: AtomicU64,
+    /// Connections that sent no A-ASSOCIATE-RQ in time, or something else.
+    pub connections_no_request: AtomicU64,
     /// Associations being served now.
     pub associations_open: AtomicU64,
     /// Rejected because `max_associations` were open (transient, local limit exceeded).
@@ -134,8 +157,12 @@ pub struct ScpStats {
     /// Not established: refused in negotiation (called or calling AE title, no acceptable
     /// presentation context) or failed before it completed.
     pub associations_not_established: AtomicU64,
+    /// Rejected because the receive memory budget could not hold another association.
+    pub associations_rejected_memory: AtomicU64,
     /// C-STOREs refused because the data set exceeded `max_dataset_mb`.
     pub instances_oversize: AtomicU64,
+    /// C-STOREs refused because the receive memory budget could not hold their fragments.
+    pub instances_over_budget: AtomicU64,
 }
 
 /// How often the accept loop reports that it is alive, even with no traffic.
@@ -145,16 +172,30 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// associations in flight: each finishes the C-STORE it is receiving, then is closed.
 /// `beat` is called at least every [`HEARTBEAT_INTERVAL`] while the loop is alive (watchdog).
 /// Each association uses the value of `settings` current when it was accepted.
+///
+/// Capacity is decided per stage: a connection takes a *pending* slot at accept (closed at once
+/// when there are too many, in all or from its address) and has
+/// `association_request_timeout` to send its A-ASSOCIATE-RQ; only then does it compete for one
+/// of `max_associations` (and `max_associations_per_host`) and for its read buffers in the
+/// memory budget, and is answered with a transient A-ASSOCIATE-RJ when there is no room.
 pub async fn run<H: StoreHandler>(
     listener: TcpListener,
     settings: watch::Receiver<Arc<ScpSettings>>,
     handler: Arc<H>,
     stats: Arc<ScpStats>,
+    budget: Arc<MemoryBudget>,
     shutdown: CancellationToken,
     beat: impl Fn() + Send,
 ) {
-    let max_associations = settings.borrow().max_associations;
-    let limit = Arc::new(Semaphore::new(max_associations));
+    let gate = {
+        let s = settings.borrow();
+        Gate::new(
+            s.max_associations,
+            s.max_associations_per_host,
+            s.max_pending_associations,
+            s.max_pending_per_host,
+        )
+    };
     let tracker = TaskTracker::new();
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
@@ -176,87 +217,304 @@ pub async fn run<H: StoreHandler>(
                 continue;
             }
         };
+        stats.associations_total.fetch_add(1, Ordering::Relaxed);
+        let ip = canonical_ip(peer.ip());
+        let Some(slot) = gate.admit(ip) else {
+            stats
+                .connections_refused_pending
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "too many connections waiting to associate: closed");
+            drop(socket);
+            continue;
+        };
         if let Err(e) = socket.set_nodelay(true) {
             tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        stats.associations_total.fetch_add(1, Ordering::Relaxed);
         let settings = settings.borrow().clone();
-        if !handler.admits_associations() {
-            stats
-                .associations_rejected_disk
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "spool above its disk watermark: rejecting the association");
-            tracker.spawn(reject_transient(
-                socket,
-                settings.read_timeout,
-                AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
-            ));
-            continue;
-        }
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            stats
-                .associations_rejected_limit
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, max = max_associations, "association limit reached: rejecting");
-            tracker.spawn(reject_transient(
-                socket,
-                settings.read_timeout,
-                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-            ));
-            continue;
+        let connection = Connection {
+            peer,
+            settings,
+            handler: handler.clone(),
+            stats: stats.clone(),
+            budget: budget.clone(),
+            shutdown: shutdown.clone(),
         };
-        let handler = handler.clone();
-        let stats = stats.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            stats.associations_open.fetch_add(1, Ordering::Relaxed);
-            let established =
-                association::serve(socket, peer, &settings, &*handler, &stats, &shutdown).await;
-            if !established {
-                stats
-                    .associations_not_established
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            stats.associations_open.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
+        let span = tracing::info_span!("association", %peer, calling_ae = tracing::field::Empty);
+        tracker.spawn(connection.run(socket, slot).instrument(span));
     }
     tracker.close();
     tracker.wait().await;
 }
 
-/// Answer an association request with a transient rejection by the service provider
-/// (`reason`: local limit exceeded, temporary congestion), so the sender retries later.
-async fn reject_transient(
-    mut socket: TcpStream,
-    read_timeout: Duration,
-    reason: AssociationRJServiceProviderPresentationReason,
-) {
-    let mut buf = BytesMut::with_capacity(4096);
-    let read_request = async {
-        loop {
-            match dicom_ul::pdu::read_pdu(&mut std::io::Cursor::new(&buf[..]), 65_536, false) {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => {}
-            }
-            if buf.len() > 1 << 20 || matches!(socket.read_buf(&mut buf).await, Ok(0) | Err(_)) {
+/// One accepted connection, from its A-ASSOCIATE-RQ to its end.
+struct Connection<H> {
+    peer: SocketAddr,
+    settings: Arc<ScpSettings>,
+    handler: Arc<H>,
+    stats: Arc<ScpStats>,
+    budget: Arc<MemoryBudget>,
+    shutdown: CancellationToken,
+}
+
+impl<H: StoreHandler> Connection<H> {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(self, socket: S, slot: Slot) {
+        let s = &self.settings;
+        let mut pdus = PduStream::new(socket, s.association_request_timeout, s.write_timeout);
+        let rq = match pdus.read(s.max_pdu_length).await {
+            Ok(Pdu::AssociationRQ(rq)) => rq,
+            Ok(other) => {
+                self.no_request(&format!("{other:?}").chars().take(40).collect::<String>());
                 return;
             }
+            Err(e) => {
+                self.no_request(&e.to_string());
+                return;
+            }
+        };
+        let (ac, negotiated) = match association::negotiate(&rq, s, self.peer.ip()) {
+            Ok(pair) => pair,
+            Err(rj) => {
+                self.stats
+                    .associations_not_established
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    calling_ae = ?rq.calling_ae_title.trim(),
+                    called_ae = ?rq.called_ae_title.trim(),
+                    reason = ?rj.source,
+                    "association not established"
+                );
+                let _ = pdus.write(&Pdu::AssociationRJ(rj)).await;
+                pdus.shutdown().await;
+                return;
+            }
+        };
+        tracing::Span::current()
+            .record("calling_ae", tracing::field::debug(&negotiated.calling_ae));
+        let Some((_permit, _buffers)) = self.capacity(slot, &mut pdus).await else {
+            return;
+        };
+        if let Err(e) = pdus.write(&Pdu::AssociationAC(ac)).await {
+            tracing::info!(error = %e, "association not established: cannot answer");
+            return;
         }
-    };
-    if tokio::time::timeout(read_timeout, read_request)
-        .await
-        .is_err()
-    {
-        return;
+        pdus.set_read_timeout(s.read_timeout);
+        self.stats.associations_open.fetch_add(1, Ordering::Relaxed);
+        let env = association::Env {
+            peer: self.peer,
+            settings: s,
+            handler: &*self.handler,
+            stats: &self.stats,
+            budget: &self.budget,
+            shutdown: &self.shutdown,
+        };
+        association::serve(&mut pdus, negotiated, env).await;
+        self.stats.associations_open.fetch_sub(1, Ordering::Relaxed);
     }
-    let rj = Pdu::AssociationRJ(AssociationRJ {
-        result: AssociationRJResult::Transient,
-        source: AssociationRJSource::ServiceProviderPresentation(reason),
-    });
-    let mut out = Vec::new();
-    if dicom_ul::pdu::write_pdu(&mut out, &rj).is_ok() {
-        let _ = socket.write_all(&out).await;
-        let _ = socket.shutdown().await;
+
+    fn no_request(&self, reason: &str) {
+        self.stats
+            .connections_no_request
+            .fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .associations_not_established
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(reason = ?reason, "association not established: no A-ASSOCIATE-RQ");
+    }
+
+    /// Room for one more association: the disk below its watermark, a slot under the
+    /// association caps, and its read buffers in the memory budget. Without it the requester gets
+    /// a transient rejection and `None` comes back.
+    async fn capacity<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        slot: Slot,
+        pdus: &mut PduStream<S>,
+    ) -> Option<(Slot, Grant)> {
+        use AssociationRJServiceProviderPresentationReason as Reason;
+        let refusal = if !self.handler.admits_associations() {
+            self.stats
+                .associations_rejected_disk
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("spool above its disk watermark: rejecting the association");
+            Some(Reason::TemporaryCongestion)
+        } else {
+            None
+        };
+        let slot = match refusal {
+            Some(r) => Err(r),
+            None => slot.establish().map_err(|limit| {
+                self.stats
+                    .associations_rejected_limit
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(limit, "association limit reached: rejecting");
+                Reason::LocalLimitExceeded
+            }),
+        };
+        // a PDU being read and the values decoded from it
+        let buffers = 2 * (self.settings.max_pdu_length as usize + pdu::PDU_HEADER_BYTES);
+        let granted = slot.and_then(|slot| match self.budget.try_take(buffers) {
+            Some(grant) => Ok((slot, grant)),
+            None => {
+                self.stats
+                    .associations_rejected_memory
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    budget_bytes = self.budget.limit(),
+                    "receive memory budget exhausted: rejecting the association"
+                );
+                Err(Reason::LocalLimitExceeded)
+            }
+        });
+        match granted {
+            Ok(pair) => Some(pair),
+            Err(reason) => {
+                let rj = Pdu::AssociationRJ(AssociationRJ {
+                    result: AssociationRJResult::Transient,
+                    source: AssociationRJSource::ServiceProviderPresentation(reason),
+                });
+                let _ = pdus.write(&rj).await;
+                pdus.shutdown().await;
+                None
+            }
+        }
+    }
+}
+
+/// Counts of connections per stage, in all and per peer address.
+#[derive(Debug)]
+struct Gate {
+    inner: Arc<Mutex<GateState>>,
+}
+
+#[derive(Debug)]
+struct GateState {
+    max_established: usize,
+    max_established_per_host: usize,
+    max_pending: usize,
+    max_pending_per_host: usize,
+    pending: usize,
+    established: usize,
+    hosts: HashMap<IpAddr, (usize, usize)>,
+}
+
+/// A connection's place in the [`Gate`]: pending until [`Slot::establish`]; released on drop.
+#[derive(Debug)]
+struct Slot {
+    gate: Arc<Mutex<GateState>>,
+    ip: IpAddr,
+    established: bool,
+}
+
+impl Gate {
+    fn new(
+        max_established: usize,
+        max_established_per_host: usize,
+        max_pending: usize,
+        max_pending_per_host: usize,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(GateState {
+                max_established,
+                max_established_per_host,
+                max_pending,
+                max_pending_per_host,
+                pending: 0,
+                established: 0,
+                hosts: HashMap::new(),
+            })),
+        }
+    }
+
+    /// A pending slot for a new connection from `ip`, or `None` when too many wait already.
+    fn admit(&self, ip: IpAddr) -> Option<Slot> {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let host_pending = g.hosts.get(&ip).map_or(0, |h| h.0);
+        if g.pending >= g.max_pending || host_pending >= g.max_pending_per_host {
+            return None;
+        }
+        g.pending += 1;
+        g.hosts.entry(ip).or_default().0 += 1;
+        Some(Slot {
+            gate: self.inner.clone(),
+            ip,
+            established: false,
+        })
+    }
+}
+
+impl Slot {
+    /// Move from pending to established; `Err(limit)` when the association cap in all, or for
+    /// this address, is reached (the slot is then released).
+    fn establish(mut self) -> Result<Self, usize> {
+        let mut g = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        let host_established = g.hosts.get(&self.ip).map_or(0, |h| h.1);
+        if g.established >= g.max_established {
+            return Err(g.max_established);
+        }
+        if host_established >= g.max_established_per_host {
+            return Err(g.max_established_per_host);
+        }
+        g.pending -= 1;
+        g.established += 1;
+        if let Some(h) = g.hosts.get_mut(&self.ip) {
+            h.0 -= 1;
+            h.1 += 1;
+        }
+        drop(g);
+        self.established = true;
+        Ok(self)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        let ip = self.ip;
+        if self.established {
+            g.established = g.established.saturating_sub(1);
+        } else {
+            g.pending = g.pending.saturating_sub(1);
+        }
+        let empty = match g.hosts.get_mut(&ip) {
+            Some(h) => {
+                if self.established {
+                    h.1 = h.1.saturating_sub(1);
+                } else {
+                    h.0 = h.0.saturating_sub(1);
+                }
+                *h == (0, 0)
+            }
+            None => false,
+        };
+        if empty {
+            g.hosts.remove(&ip);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_counts_pending_and_established_per_host() {
+        let gate = Gate::new(2, 1, 3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = gate.admit(a).unwrap();
+        let a2 = gate.admit(a).unwrap();
+        assert!(gate.admit(a).is_none(), "two pending per host");
+        let b1 = gate.admit(b).unwrap();
+        assert!(gate.admit(b).is_none(), "three pending in all");
+        let a1 = a1.establish().unwrap();
+        assert_eq!(a2.establish().unwrap_err(), 1, "one association per host");
+        let b1 = b1.establish().unwrap();
+        let b2 = gate.admit(b).unwrap();
+        assert_eq!(b2.establish().unwrap_err(), 2, "two associations in all");
+        drop(a1);
+        drop(b1);
+        let g = gate.inner.lock().unwrap();
+        assert_eq!((g.pending, g.established), (0, 0));
+        assert!(g.hosts.is_empty());
     }
 }

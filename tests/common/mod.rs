@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection, PgPool};
 
+pub mod dul;
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -270,6 +272,22 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The daemon's peak resident set size so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib / 1024
+    }
+
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => c.try_wait().unwrap().is_none(),
@@ -329,6 +347,25 @@ pub fn pynetdicom_send(d: &Daemon, calling: &str, assocs: usize, files: &[PathBu
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// Staged files left in a spool (`SPOOL/tmp/<receiver>/`), each receiver's lock file aside.
+pub fn staged_files(spool: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(spool.join("tmp")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            for f in std::fs::read_dir(&path).unwrap() {
+                let f = f.unwrap().path();
+                if f.file_name().is_some_and(|n| n != ".lock") {
+                    out.push(f);
+                }
+            }
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// The data set part of a Part 10 file: everything after the file meta group.

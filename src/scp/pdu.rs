@@ -1,0 +1,213 @@
+//! PDUs on the wire, over any byte stream (TCP today, TLS later): read one PDU with its declared
+//! length checked against a cap for its type before any byte of its body is buffered, and write
+//! one PDU. Each read and write has its own time limit.
+//!
+//! The PDU bodies are decoded by dicom-ul's PDU codec (`dicom_ul::pdu::read_pdu`) on a buffer
+//! that holds exactly one PDU, so that codec never sees more than the cap.
+
+use std::time::Duration;
+
+use dicom_ul::pdu::Pdu;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// Bytes of a PDU header: type, reserved, 4-byte length.
+pub const PDU_HEADER_BYTES: usize = 6;
+/// Largest A-ASSOCIATE-RQ accepted (a real one with 128 presentation contexts is about 25 KB).
+pub const MAX_ASSOCIATE_RQ_BYTES: u32 = 64 * 1024;
+/// Largest body of any other PDU but P-DATA (release and abort PDUs have 4 bytes).
+const MAX_CONTROL_PDU_BYTES: u32 = 1024;
+
+/// PDU types (PS3.8 9.3.1).
+pub mod pdu_type {
+    pub const ASSOCIATE_RQ: u8 = 0x01;
+    pub const P_DATA: u8 = 0x04;
+}
+
+/// Why no PDU was read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PduError {
+    #[error("connection closed by the peer")]
+    Closed,
+    #[error("nothing received for {0:?}")]
+    ReadTimeout(Duration),
+    #[error("could not send within {0:?}")]
+    WriteTimeout(Duration),
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("PDU of type {pdu_type:#04x} declares {length} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        pdu_type: u8,
+        length: u32,
+        limit: u32,
+    },
+    #[error("malformed PDU of type {pdu_type:#04x}: {message}")]
+    Malformed { pdu_type: u8, message: String },
+    #[error("cannot encode a PDU: {0}")]
+    Encode(String),
+}
+
+/// A byte stream carrying PDUs.
+#[derive(Debug)]
+pub struct PduStream<S> {
+    stream: BufReader<S>,
+    /// One PDU, header included; reused from PDU to PDU.
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    read_timeout: Duration,
+    write_timeout: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
+    pub fn new(stream: S, read_timeout: Duration, write_timeout: Duration) -> Self {
+        Self {
+            stream: BufReader::with_capacity(16 * 1024, stream),
+            buf: Vec::new(),
+            out: Vec::new(),
+            read_timeout,
+            write_timeout,
+        }
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        self.stream.get_ref()
+    }
+
+    /// Change the time limit of each read (the A-ASSOCIATE-RQ has a shorter one).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.read_timeout = timeout;
+    }
+
+    /// Read the next PDU. A P-DATA-TF PDU may be at most `max_pdata` bytes long (the maximum
+    /// length we announced), an A-ASSOCIATE-RQ [`MAX_ASSOCIATE_RQ_BYTES`], any other 1 KiB.
+    pub async fn read(&mut self, max_pdata: u32) -> Result<Pdu, PduError> {
+        let mut head = [0u8; PDU_HEADER_BYTES];
+        self.read_exact_timed(&mut head, true).await?;
+        let pdu_type = head[0];
+        let length = u32::from_be_bytes([head[2], head[3], head[4], head[5]]);
+        let limit = match pdu_type {
+            pdu_type::P_DATA => max_pdata,
+            pdu_type::ASSOCIATE_RQ => MAX_ASSOCIATE_RQ_BYTES,
+            _ => MAX_CONTROL_PDU_BYTES,
+        };
+        if length > limit {
+            return Err(PduError::TooLarge {
+                pdu_type,
+                length,
+                limit,
+            });
+        }
+        let total = PDU_HEADER_BYTES + length as usize;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.extend_from_slice(&head);
+        buf.resize(total, 0);
+        let body = self
+            .read_exact_timed(&mut buf[PDU_HEADER_BYTES..], false)
+            .await;
+        let decoded = body.and_then(|()| decode(&buf, pdu_type));
+        self.buf = buf;
+        decoded
+    }
+
+    async fn read_exact_timed(&mut self, buf: &mut [u8], at_start: bool) -> Result<(), PduError> {
+        match tokio::time::timeout(self.read_timeout, self.stream.read_exact(buf)).await {
+            Err(_) => Err(PduError::ReadTimeout(self.read_timeout)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof && at_start => {
+                Err(PduError::Closed)
+            }
+            Ok(Err(e)) => Err(PduError::Io(e)),
+        }
+    }
+
+    /// Write one PDU.
+    pub async fn write(&mut self, pdu: &Pdu) -> Result<(), PduError> {
+        self.out.clear();
+        dicom_ul::pdu::write_pdu(&mut self.out, pdu)
+            .map_err(|e| PduError::Encode(e.to_string()))?;
+        let stream = self.stream.get_mut();
+        let write = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Err(_) => Err(PduError::WriteTimeout(self.write_timeout)),
+            Ok(r) => r.map_err(PduError::Io),
+        }
+    }
+
+    /// Close the sending side.
+    pub async fn shutdown(&mut self) {
+        let _ = tokio::time::timeout(self.write_timeout, self.stream.get_mut().shutdown()).await;
+    }
+}
+
+/// Decode one whole PDU (header included) with dicom-ul's codec.
+pub fn decode(buf: &[u8], pdu_type: u8) -> Result<Pdu, PduError> {
+    let malformed = |message: String| PduError::Malformed { pdu_type, message };
+    match dicom_ul::pdu::read_pdu(buf, dicom_ul::pdu::MAXIMUM_PDU_SIZE, false) {
+        Ok(Some(pdu)) => Ok(pdu),
+        Ok(None) => Err(malformed("shorter than its declared length".into())),
+        Err(e) => Err(malformed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn lengths_are_capped_by_type_before_reading_the_body() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut pdus = PduStream::new(server, Duration::from_secs(2), Duration::from_secs(2));
+        // a P-DATA-TF declaring 4 GB: refused from its header alone
+        client
+            .write_all(&[0x04, 0, 0xFF, 0xFF, 0xFF, 0xF0])
+            .await
+            .unwrap();
+        let err = pdus.read(16_384).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PduError::TooLarge {
+                    length: 0xFFFF_FFF0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut pdus = PduStream::new(server, Duration::from_secs(2), Duration::from_secs(2));
+        // an A-ASSOCIATE-RQ over 64 KiB
+        client.write_all(&[0x01, 0, 0, 0x01, 0, 1]).await.unwrap();
+        assert!(matches!(
+            pdus.read(16_384).await,
+            Err(PduError::TooLarge { .. })
+        ));
+
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut pdus = PduStream::new(server, Duration::from_secs(2), Duration::from_secs(2));
+        // a release request, then nothing: the next read times out... or ends cleanly on close
+        client
+            .write_all(&[0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        assert!(matches!(pdus.read(16_384).await.unwrap(), Pdu::ReleaseRQ));
+        drop(client);
+        assert!(matches!(pdus.read(16_384).await, Err(PduError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_times_out() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut pdus = PduStream::new(server, Duration::from_millis(50), Duration::from_secs(1));
+        assert!(matches!(
+            pdus.read(16_384).await,
+            Err(PduError::ReadTimeout(_))
+        ));
+    }
+}
