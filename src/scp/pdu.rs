@@ -83,20 +83,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
     pub async fn read(&mut self, max_pdata: u32) -> Result<Pdu, PduError> {
         let mut head = [0u8; PDU_HEADER_BYTES];
         self.read_exact_timed(&mut head, true).await?;
-        let pdu_type = head[0];
-        let length = u32::from_be_bytes([head[2], head[3], head[4], head[5]]);
-        let limit = match pdu_type {
-            pdu_type::P_DATA => max_pdata,
-            pdu_type::ASSOCIATE_RQ => MAX_ASSOCIATE_RQ_BYTES,
-            _ => MAX_CONTROL_PDU_BYTES,
-        };
-        if length > limit {
-            return Err(PduError::TooLarge {
-                pdu_type,
-                length,
-                limit,
-            });
-        }
+        let (pdu_type, length) = check_header(&head, max_pdata)?;
         let total = PDU_HEADER_BYTES + length as usize;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -141,6 +128,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
     pub async fn shutdown(&mut self) {
         let _ = tokio::time::timeout(self.write_timeout, self.stream.get_mut().shutdown()).await;
     }
+}
+
+/// A PDU header's type and body length, refused when the length exceeds the cap of its type: a
+/// P-DATA-TF `max_pdata` bytes (the maximum length we announced), an A-ASSOCIATE-RQ
+/// [`MAX_ASSOCIATE_RQ_BYTES`], any other 1 KiB.
+pub fn check_header(head: &[u8; PDU_HEADER_BYTES], max_pdata: u32) -> Result<(u8, u32), PduError> {
+    let pdu_type = head[0];
+    let length = u32::from_be_bytes([head[2], head[3], head[4], head[5]]);
+    let limit = match pdu_type {
+        pdu_type::P_DATA => max_pdata,
+        pdu_type::ASSOCIATE_RQ => MAX_ASSOCIATE_RQ_BYTES,
+        _ => MAX_CONTROL_PDU_BYTES,
+    };
+    if length > limit {
+        return Err(PduError::TooLarge {
+            pdu_type,
+            length,
+            limit,
+        });
+    }
+    Ok((pdu_type, length))
+}
+
+/// Check and decode one PDU held whole in `buf` (header included), as [`PduStream::read`] does
+/// with what it reads; bytes after the PDU are left alone. For tests and fuzzing.
+pub fn decode_checked(buf: &[u8], max_pdata: u32) -> Result<Pdu, PduError> {
+    let Some(head) = buf.first_chunk::<PDU_HEADER_BYTES>() else {
+        return Err(PduError::Closed);
+    };
+    let (pdu_type, length) = check_header(head, max_pdata)?;
+    let Some(pdu) = buf.get(..PDU_HEADER_BYTES + length as usize) else {
+        return Err(PduError::Closed);
+    };
+    decode(pdu, pdu_type)
 }
 
 /// Decode one whole PDU (header included) with dicom-ul's codec.
