@@ -1,9 +1,10 @@
 # Quick start: `make demo` (set-up, then the main job end to end), `make test` (set-up, then every test).
 SHELL := /bin/bash
 VENV := .venv
-export ORT_DYLIB_PATH ?= $(CURDIR)/$(VENV)/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1
+# ONNX Runtime from the venv, whatever its Python version (looked up when a recipe runs, after setup)
+export ORT_DYLIB_PATH ?= $(firstword $(wildcard $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1))
 
-.PHONY: setup db build test test-rust test-python demo models bench clean-db lint install
+.PHONY: setup db build test test-rust test-python demo models bench fuzz clean-db lint install
 
 setup:
 	@scripts/setup.sh
@@ -41,6 +42,11 @@ bench: setup db build models
 	scripts/bench-receive.sh
 	scripts/bench-infer.sh
 	scripts/bench-turnaround.sh
+
+# Fuzzing (cargo-fuzz, nightly): every parser of untrusted bytes; long, so not part of `make test`
+# (docs/fuzzing.md). FUZZ_SECS=60 for a short run of each target.
+fuzz: setup
+	scripts/fuzz.sh
 
 demo: setup db build models
 	scripts/demo.sh

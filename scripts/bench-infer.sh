@@ -22,7 +22,7 @@ THREADS=${THREADS:-0}
 if [[ -z "${MODELS:-}" ]]; then
   if [[ -f onnx/anatomy-segmenter.onnx && -f onnx/anatomy-xnet.onnx ]]; then MODELS=onnx; else MODELS=onnx/tiny; fi
 fi
-ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1}
+ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/ort-library.sh)}
 SEG=$(realpath "$MODELS/anatomy-segmenter.onnx")
 CLS=$(realpath "$MODELS/anatomy-xnet.onnx")
 

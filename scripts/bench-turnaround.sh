@@ -21,7 +21,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 COUNT=${COUNT:-50}
 QUIET=${QUIET:-2}
 INTERVAL=${INTERVAL:-0}
-ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1}
+ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/ort-library.sh)}
 DATABASE_URL=${DATABASE_URL:-$(scripts/pg.sh start | tail -1)}
 
 [[ "${SKIP_BUILD:-0}" == 1 ]] || cargo build --release --quiet --bin cxr-worker

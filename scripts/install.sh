@@ -24,7 +24,7 @@ PREFIX=${PREFIX:-/usr/local}
 DESTDIR=${DESTDIR:-}
 MODELS_DIR=${MODELS_DIR:-onnx}
 ORT_VERSION=1.31.1
-ORT_LIBRARY=${ORT_LIBRARY:-.venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION}
+ORT_LIBRARY=${ORT_LIBRARY:-$(scripts/ort-library.sh)}
 GPU=0
 for arg in "$@"; do
   case "$arg" in

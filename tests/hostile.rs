@@ -264,12 +264,17 @@ async fn crafted_messages_cannot_take_the_daemon_down() {
     assert!(m["cxr_instances_rejected_total{reason=\"unreadable\"}"] >= 1.0);
     assert_eq!(m["cxr_receive_memory_limit_bytes"], (64u64 << 20) as f64);
     // every log line stayed one JSON object: nothing a peer sent split a line
-    for line in t.d.log_text().lines() {
+    let log = t.d.log_text();
+    for line in log.lines() {
         assert!(
             serde_json::from_str::<serde_json::Value>(line).is_ok(),
             "not a JSON log line: {line:?}"
         );
     }
+    assert!(
+        log.contains(r#"A\\n{\\\"level"#),
+        "the forged AE title, escaped:\n{log}"
+    );
     drop(t.pacs);
 }
 

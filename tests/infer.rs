@@ -4,6 +4,8 @@
 //! fixture.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,13 +28,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The ONNX Runtime library: `ORT_DYLIB_PATH` (set by the Makefile) or the venv's wheel.
 fn ort_library() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            root().join(
-                ".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1",
-            )
-        })
+    common::ort_library()
 }
 
 fn tiny(name: &str) -> PathBuf {

@@ -4,6 +4,8 @@
 // Tests may unwrap and panic: a failure is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -157,9 +159,7 @@ fn install_lays_out_the_tree_and_the_unit_verifies_in_it() {
         fs::read(s.path("/usr/local/bin/cxr-worker")).unwrap(),
         fs::read(BIN).unwrap()
     );
-    let ort = format!(
-        "{REPO}/.venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1"
-    );
+    let ort = common::venv_ort_library();
     assert_eq!(
         fs::metadata(s.path("/usr/local/lib/cxr-worker/libonnxruntime.so.1.31.1"))
             .unwrap()

@@ -3,6 +3,7 @@
 #![no_main]
 
 #[path = "image.rs"]
+#[allow(dead_code)] // the encapsulated-image helpers serve the other targets
 mod image;
 
 use libfuzzer_sys::fuzz_target;

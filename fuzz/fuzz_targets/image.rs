@@ -71,7 +71,9 @@ pub fn decode_encapsulated(ts: &str, data: &[u8]) {
     let bits_stored = u16::from(*bits % 16) + 1;
     let samples = if samples & 1 == 1 { 3 } else { 1 };
     let mut ds = image_header(rows, cols, bits_stored, samples);
-    ds.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    ds.extend_from_slice(&[
+        0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ]);
     ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
     let mut frag = fragment.to_vec();
     if frag.len() % 2 == 1 {

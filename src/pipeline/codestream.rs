@@ -59,14 +59,14 @@ impl Codec {
 
 /// Check the first frame: `native_len` is the length of native pixel data (for
 /// [`Codec::Native`]); `head` the first bytes of the frame's codestream (the first fragments of
-/// encapsulated pixel data, up to [`HEAD_BYTES`]) and `fragment_len` the length of its first
-/// fragment (for RLE, whose segment table points into it).
+/// encapsulated pixel data, up to [`HEAD_BYTES`]) and `fragment` its first fragment (for RLE,
+/// whose segments are all in it).
 pub fn check_frame(
     codec: Codec,
     shape: FrameShape,
     native_len: Option<u64>,
     head: &[u8],
-    fragment_len: u64,
+    fragment: &[u8],
 ) -> Result<(), CodestreamError> {
     check_shape(shape)?;
     match codec {
@@ -74,7 +74,7 @@ pub fn check_frame(
         Codec::Jpeg => check_jpeg(shape, head, false),
         Codec::JpegLs => check_jpeg(shape, head, true),
         Codec::Jpeg2000 => check_j2k(shape, head),
-        Codec::Rle => check_rle(shape, head, fragment_len),
+        Codec::Rle => check_rle(shape, fragment),
     }
 }
 
@@ -340,11 +340,11 @@ fn check_j2k(s: FrameShape, head: &[u8]) -> Result<(), CodestreamError> {
     Ok(())
 }
 
-fn check_rle(s: FrameShape, head: &[u8], fragment_len: u64) -> Result<(), CodestreamError> {
+fn check_rle(s: FrameShape, fragment: &[u8]) -> Result<(), CodestreamError> {
     if !s.bits_allocated.is_multiple_of(8) {
         return err(format!("RLE with Bits Allocated {}", s.bits_allocated));
     }
-    let Some(segments) = le32(head, 0) else {
+    let Some(segments) = le32(fragment, 0) else {
         return err("the RLE header is cut short");
     };
     let expected = u32::from(s.samples_per_pixel) * u32::from(s.bits_allocated / 8);
@@ -354,23 +354,61 @@ fn check_rle(s: FrameShape, head: &[u8], fragment_len: u64) -> Result<(), Codest
             s.samples_per_pixel, s.bits_allocated
         ));
     }
-    if head.len() < 64 || fragment_len < 64 {
+    if fragment.len() < 64 {
         return err("the RLE header is cut short");
     }
-    let mut previous = 0u64;
+    let mut starts = Vec::with_capacity(segments as usize);
     for i in 0..segments as usize {
-        let Some(offset) = le32(head, 4 + 4 * i) else {
-            return err("the RLE header is cut short");
-        };
-        let offset = u64::from(offset);
-        if (i == 0 && offset != 64) || (i > 0 && offset <= previous) || offset >= fragment_len {
+        let offset = le32(fragment, 4 + 4 * i).map_or(u64::MAX, u64::from);
+        let previous = starts.last().copied().unwrap_or(0);
+        if (i == 0 && offset != 64)
+            || (i > 0 && offset <= previous)
+            || offset >= fragment.len() as u64
+        {
             return err(format!(
-                "RLE segment {i} starts at byte {offset}, outside its {fragment_len}-byte fragment or out of order"
+                "RLE segment {i} starts at byte {offset}, outside its {}-byte fragment or out of order",
+                fragment.len()
             ));
         }
-        previous = offset;
+        starts.push(offset);
+    }
+    // every segment must decode to a whole plane: the codec indexes its output by the image size
+    let plane = u64::from(s.rows) * u64::from(s.columns);
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(fragment.len() as u64);
+        let segment = &fragment[start as usize..end as usize];
+        let decoded = packbits_length(segment);
+        if decoded < plane {
+            return err(format!(
+                "RLE segment {i} decodes to {decoded} bytes; a {}x{} plane needs {plane}",
+                s.rows, s.columns
+            ));
+        }
     }
     Ok(())
+}
+
+/// Bytes a PackBits segment decodes to, read as the codec reads it (a run cut short by the end
+/// of the segment counts what is there).
+fn packbits_length(segment: &[u8]) -> u64 {
+    let mut pos = 0usize;
+    let mut out = 0u64;
+    while pos < segment.len() {
+        let h = segment[pos] as i8;
+        pos += 1;
+        if (-127..=-1).contains(&h) {
+            if pos >= segment.len() {
+                break;
+            }
+            out += (1 - i64::from(h)) as u64;
+            pos += 1;
+        } else if h >= 0 {
+            let n = h as usize + 1;
+            out += n.min(segment.len() - pos) as u64;
+            pos += n;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -402,16 +440,16 @@ mod tests {
 
     #[test]
     fn jpeg_and_jpeg_ls_frames_must_match_the_data_set() {
-        assert!(check_frame(Codec::Jpeg, SHAPE, None, &jpeg(0xC3, 12, 4, 6, 1), 100).is_ok());
-        let e = check_frame(Codec::Jpeg, SHAPE, None, &jpeg(0xC3, 12, 5, 6, 1), 100).unwrap_err();
+        let ok = |c, h: &[u8]| check_frame(c, SHAPE, None, h, h);
+        assert!(ok(Codec::Jpeg, &jpeg(0xC3, 12, 4, 6, 1)).is_ok());
+        let e = ok(Codec::Jpeg, &jpeg(0xC3, 12, 5, 6, 1)).unwrap_err();
         assert!(e.0.contains("5x6"), "{e}");
-        assert!(check_frame(Codec::Jpeg, SHAPE, None, &jpeg(0xC0, 8, 4, 6, 3), 100).is_err());
+        assert!(ok(Codec::Jpeg, &jpeg(0xC0, 8, 4, 6, 3)).is_err());
         // the 25.7 GB JPEG-LS header
-        let bomb = jpeg(0xF7, 16, 65535, 65535, 3);
-        assert!(check_frame(Codec::JpegLs, SHAPE, None, &bomb, 100).is_err());
-        assert!(check_frame(Codec::JpegLs, SHAPE, None, &jpeg(0xF7, 12, 4, 6, 1), 100).is_ok());
-        assert!(check_frame(Codec::Jpeg, SHAPE, None, &[0xFF, 0xD8, 0xFF], 3).is_err());
-        assert!(check_frame(Codec::Jpeg, SHAPE, None, b"not a jpeg", 10).is_err());
+        assert!(ok(Codec::JpegLs, &jpeg(0xF7, 16, 65535, 65535, 3)).is_err());
+        assert!(ok(Codec::JpegLs, &jpeg(0xF7, 12, 4, 6, 1)).is_ok());
+        assert!(ok(Codec::Jpeg, &[0xFF, 0xD8, 0xFF]).is_err());
+        assert!(ok(Codec::Jpeg, b"not a jpeg").is_err());
     }
 
     fn j2k(width: u32, height: u32, comps: u16, ssiz: u8) -> Vec<u8> {
@@ -430,33 +468,59 @@ mod tests {
 
     #[test]
     fn jpeg_2000_size_must_match() {
-        assert!(check_frame(Codec::Jpeg2000, SHAPE, None, &j2k(6, 4, 1, 11), 100).is_ok());
-        assert!(check_frame(Codec::Jpeg2000, SHAPE, None, &j2k(6, 5, 1, 11), 100).is_err());
-        assert!(check_frame(Codec::Jpeg2000, SHAPE, None, &j2k(6, 4, 3, 11), 100).is_err());
-        assert!(check_frame(Codec::Jpeg2000, SHAPE, None, &j2k(6, 4, 1, 23), 100).is_err());
-        assert!(check_frame(Codec::Jpeg2000, SHAPE, None, &j2k(6, 4, 1, 11)[..20], 100).is_err());
+        let ok = |h: &[u8]| check_frame(Codec::Jpeg2000, SHAPE, None, h, h);
+        assert!(ok(&j2k(6, 4, 1, 11)).is_ok());
+        assert!(ok(&j2k(6, 5, 1, 11)).is_err());
+        assert!(ok(&j2k(6, 4, 3, 11)).is_err());
+        assert!(ok(&j2k(6, 4, 1, 23)).is_err());
+        assert!(ok(&j2k(6, 4, 1, 11)[..20]).is_err());
+    }
+
+    /// Two PackBits segments of a 4 x 6 plane (24 bytes each): `first` then `second`.
+    fn rle(first: &[u8], second: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[0] = 2;
+        f[4] = 64;
+        f[8..12].copy_from_slice(&(64 + first.len() as u32).to_le_bytes());
+        f.extend_from_slice(first);
+        f.extend_from_slice(second);
+        f
     }
 
     #[test]
-    fn rle_segments_must_fit_their_fragment() {
-        let mut h = vec![0u8; 64];
-        h[0] = 2;
-        h[4] = 64;
-        h[8] = 80;
-        assert!(check_frame(Codec::Rle, SHAPE, None, &h, 100).is_ok());
-        assert!(check_frame(Codec::Rle, SHAPE, None, &h, 70).is_err());
-        h[0] = 1;
-        assert!(check_frame(Codec::Rle, SHAPE, None, &h, 100).is_err());
+    fn rle_segments_must_fit_their_fragment_and_fill_their_plane() {
+        let ok = |f: &[u8]| check_frame(Codec::Rle, SHAPE, None, f, f);
+        // a run of 24 zeros (-23: 24 copies), and 24 literal bytes
+        let run = [0xE9u8, 0];
+        let mut literal = vec![23u8];
+        literal.extend_from_slice(&[5; 24]);
+        assert!(ok(&rle(&run, &literal)).is_ok());
+        // the second segment starts past the fragment's end
+        let mut bad = rle(&run, &literal);
+        bad[8..12].copy_from_slice(&500u32.to_le_bytes());
+        assert!(ok(&bad).is_err());
+        // one segment for 16-bit samples
+        let mut one = rle(&run, &literal);
+        one[0] = 1;
+        assert!(ok(&one).is_err());
+        // a segment that decodes to less than a plane (the codec would index past it: the
+        // fuzzing crash crash-33c21602975f77ad of dicom-transfer-syntax-registry 0.10.1)
+        let short = [0xEAu8, 0]; // 23 copies
+        let e = ok(&rle(&run, &short)).unwrap_err();
+        assert!(e.0.contains("decodes to 23 bytes"), "{e}");
+        // a literal cut by the segment's end counts what is there
+        assert!(ok(&rle(&run, &literal[..20])).is_err());
+        assert_eq!(packbits_length(&[0x80, 0x81, 7, 1, 9]), 128 + 1);
     }
 
     #[test]
     fn native_frames_must_be_whole() {
-        assert!(check_frame(Codec::Native, SHAPE, Some(48), &[], 0).is_ok());
-        assert!(check_frame(Codec::Native, SHAPE, Some(47), &[], 0).is_err());
+        assert!(check_frame(Codec::Native, SHAPE, Some(48), &[], &[]).is_ok());
+        assert!(check_frame(Codec::Native, SHAPE, Some(47), &[], &[]).is_err());
         let bad = FrameShape {
             bits_stored: 17,
             ..SHAPE
         };
-        assert!(check_frame(Codec::Native, bad, Some(48), &[], 0).is_err());
+        assert!(check_frame(Codec::Native, bad, Some(48), &[], &[]).is_err());
     }
 }

@@ -427,7 +427,7 @@ impl DicomFile {
             .ok()
             .flatten()
             .ok_or(DecodeError::NoPixelData)?;
-        let (native_len, head, first_len) = match pixel_data.value().fragments() {
+        let (native_len, head, first) = match pixel_data.value().fragments() {
             Some(fragments) => {
                 let mut head = Vec::new();
                 for f in fragments {
@@ -437,7 +437,7 @@ impl DicomFile {
                     let room = codestream::HEAD_BYTES - head.len();
                     head.extend_from_slice(&f[..f.len().min(room)]);
                 }
-                let first = fragments.first().map_or(0, |f| f.len() as u64);
+                let first = fragments.first().map_or(&[][..], Vec::as_slice);
                 (None, head, first)
             }
             None => {
@@ -445,10 +445,10 @@ impl DicomFile {
                     .value()
                     .primitive()
                     .map_or(0, |p| p.calculate_byte_len() as u64);
-                (Some(len), Vec::new(), 0)
+                (Some(len), Vec::new(), &[][..])
             }
         };
-        codestream::check_frame(codec, shape, native_len, &head, first_len).map_err(|source| {
+        codestream::check_frame(codec, shape, native_len, &head, first).map_err(|source| {
             DecodeError::Codestream {
                 transfer_syntax: ts.clone(),
                 source,

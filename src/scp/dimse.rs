@@ -220,6 +220,48 @@ impl Response {
 mod tests {
     use super::*;
 
+    fn element(e: u16, value: &[u8]) -> Vec<u8> {
+        let mut v = vec![0, 0];
+        v.extend_from_slice(&e.to_le_bytes());
+        v.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    #[test]
+    fn hostile_command_sets_are_refused_without_allocating() {
+        let echo = [
+            element(0x0100, &0x0030u16.to_le_bytes()),
+            element(0x0110, &1u16.to_le_bytes()),
+            element(0x0800, &0x0101u16.to_le_bytes()),
+        ]
+        .concat();
+        let ok = Command::parse(&echo).unwrap();
+        assert_eq!(
+            (ok.field, ok.message_id, ok.has_data_set),
+            (0x0030, 1, false)
+        );
+        // an element declaring 0xFFFFFFF0 bytes
+        let mut huge = echo.clone();
+        huge.extend_from_slice(&[0, 0, 0x02, 0, 0xF0, 0xFF, 0xFF, 0xFF, b'1', b'.']);
+        assert!(matches!(Command::parse(&huge), Err(CommandError::Parse(_))));
+        // 3000 nested undefined-length sequences
+        let mut nested = echo.clone();
+        for _ in 0..3000 {
+            nested.extend_from_slice(&[0, 0, 0x00, 0x09, 0xFF, 0xFF, 0xFF, 0xFF]);
+            nested.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        }
+        assert!(Command::parse(&nested).is_err());
+        // an element outside the command group, a header cut short, a missing field
+        assert!(Command::parse(&[echo.clone(), vec![8, 0, 0x16, 0, 0, 0, 0, 0]].concat()).is_err());
+        assert!(Command::parse(&echo[..echo.len() - 3]).is_err());
+        assert!(matches!(
+            Command::parse(&echo[10..]),
+            Err(CommandError::Missing("Command Field"))
+        ));
+        assert!(Command::parse(&vec![0u8; MAX_COMMAND_BYTES + 8]).is_err());
+    }
+
     #[test]
     fn response_round_trips_through_the_parser() {
         let rq = Command {
