@@ -260,14 +260,21 @@ impl<H: StoreHandler> Connection<H> {
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(self, socket: S, slot: Slot) {
         let s = &self.settings;
         let mut pdus = PduStream::new(socket, s.association_request_timeout, s.write_timeout);
-        let rq = match pdus.read(s.max_pdu_length).await {
-            Ok(Pdu::AssociationRQ(rq)) => rq,
-            Ok(other) => {
+        // the whole request within the deadline, however slowly its bytes trickle in
+        let request =
+            tokio::time::timeout(s.association_request_timeout, pdus.read(s.max_pdu_length)).await;
+        let rq = match request {
+            Ok(Ok(Pdu::AssociationRQ(rq))) => rq,
+            Ok(Ok(other)) => {
                 self.no_request(&format!("{other:?}").chars().take(40).collect::<String>());
                 return;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 self.no_request(&e.to_string());
+                return;
+            }
+            Err(_) => {
+                self.no_request("no request within association_request_timeout_secs");
                 return;
             }
         };
