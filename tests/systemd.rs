@@ -446,6 +446,12 @@ fn unit_has_the_service_contract() {
         "MemoryDenyWriteExecute=yes",
         "PrivateDevices=yes",
         "UMask=0077",
+        // issue 8: the backstop under the daemon's own bounds
+        "LimitNOFILE=65536",
+        "LimitCORE=0",
+        "TasksMax=2048",
+        "MemoryMax=8G",
+        "EnvironmentFile=-/etc/cxr-worker/cxr-worker.env",
     ] {
         assert!(lines.contains(&want), "the unit lacks {want:?}");
     }
@@ -456,5 +462,9 @@ fn unit_has_the_service_contract() {
     assert!(
         !lines.iter().any(|l| l.starts_with("IPAddressDeny=")),
         "PACS peers may be anywhere"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("Environment=")),
+        "`systemctl show` prints Environment= values: no secrets there"
     );
 }
