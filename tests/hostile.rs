@@ -256,6 +256,18 @@ async fn crafted_messages_cannot_take_the_daemon_down() {
     dul::release(s);
     t.survives("400 MiB C-STORE").await;
 
+    // 7. newlines and escape codes in an AE title and in UIDs, to forge log lines
+    let forged = "A\n{\"level\":\"X";
+    let mut s = dul::associate(addr, forged, AE, &[(1, CR, EXPLICIT_LE)]).unwrap();
+    let sop = "1.2.3\n{\"level\":\"ERROR\"}\u{1b}[2J";
+    let mut ds = header(sop);
+    ds.extend_from_slice(&[
+        0x09, 0x00, 0x10, 0x00, b'Z', b'Z', 0, 0, 4, 0, 0, 0, 1, 2, 3, 4,
+    ]);
+    assert_eq!(dul::store(&mut s, 1, CR, sop, &ds), Ok(0xC000));
+    dul::release(s);
+    t.survives("log injection").await;
+
     let m = parse_metrics(&http_get(t.d.http_addr(), "/metrics").1);
     assert!(
         m["cxr_instances_rejected_total{reason=\"limits\"}"] >= 2.0,

@@ -6,8 +6,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(command) = Command::parse(data) {
-        let _ = Response::to(&command, 0xC000)
-            .with_comment("fuzz")
-            .encode();
+        let _ = Response::to(&command, 0xC000).with_comment("fuzz").encode();
     }
 });

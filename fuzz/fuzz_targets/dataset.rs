@@ -1,59 +1,12 @@
-//! The structural guard and the parser behind it, as the receiver uses them: the data set is
-//! walked fragment by fragment (the first byte picks the transfer syntax, the second the fragment
-//! size), its header parsed and checked; then, as the decode step does, the whole file is parsed
-//! and its first frame decoded.
+//! The structural guard and the parser behind it, as the receiver uses them, then the decode
+//! step (see dataset_harness.rs).
 #![no_main]
 
-use cxr_worker::pipeline::decode::{self, DecodeLimits};
-use cxr_worker::pipeline::guard::{Limits, Walker};
-use cxr_worker::scp::header;
+#[path = "dataset_harness.rs"]
+mod dataset_harness;
+
 use libfuzzer_sys::fuzz_target;
 
-const SYNTAXES: [&str; 5] = [
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.4.70",
-];
-
 fuzz_target!(|data: &[u8]| {
-    let [ts, chunk, rest @ ..] = data else {
-        return;
-    };
-    let ts = SYNTAXES[usize::from(*ts) % SYNTAXES.len()];
-    let limits = Limits {
-        max_inflated: 4 << 20,
-        ..Limits::default()
-    };
-    let mut walker = Walker::new(ts, limits, true);
-    let mut ok = true;
-    for piece in rest.chunks(usize::from(*chunk).max(1)) {
-        if walker.feed(piece).is_err() {
-            ok = false;
-            break;
-        }
-    }
-    if !ok {
-        return;
-    }
-    let Ok(summary) = walker.finish() else {
-        return;
-    };
-    let head = summary.header.unwrap_or_default();
-    let _ = header::read_header(&head, ts, "1.2.840.10008.5.1.4.1.1.1", "1.2.3");
-    let Ok(meta) = header::file_preamble_and_meta("1.2.840.10008.5.1.4.1.1.1", "1.2.3", ts, "FUZZ")
-    else {
-        return;
-    };
-    let file = [meta.as_slice(), rest].concat();
-    let limits = DecodeLimits {
-        max_file_bytes: 8 << 20,
-        max_pixels: 4_000_000,
-    };
-    if let Ok(f) = decode::open_bytes(&file, &limits)
-        && let Ok(stored) = f.stored_image(&limits)
-    {
-        let _ = decode::to_grey(&stored);
-    }
+    let _ = dataset_harness::run(data);
 });

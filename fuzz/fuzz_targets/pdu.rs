@@ -3,9 +3,9 @@
 #![no_main]
 
 use cxr_worker::config::AeTitle;
+use cxr_worker::scp::ScpSettings;
 use cxr_worker::scp::association::negotiate;
 use cxr_worker::scp::pdu::decode_checked;
-use cxr_worker::scp::ScpSettings;
 use dicom_ul::pdu::Pdu;
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;

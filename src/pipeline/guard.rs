@@ -85,6 +85,14 @@ pub enum GuardError {
         declared: u64,
         available: u64,
     },
+    #[error("element {tag} ({vr}) at byte {offset} has {len} bytes, not a multiple of {unit}")]
+    PartialValue {
+        tag: String,
+        vr: String,
+        offset: u64,
+        len: u32,
+        unit: u32,
+    },
     #[error("element {tag} at byte {offset} has an unknown VR {vr:?}")]
     UnknownVr {
         tag: String,
@@ -548,6 +556,25 @@ impl Walker {
         if self.is_sequence(tag, vr) {
             return self.push(Kind::Sequence, Some(self.pos + u64::from(len)));
         }
+        // dicom-rs reads binary numbers whole and leaves a partial one unread: the rest of the
+        // data set would then be read from the wrong place (fuzzing found a 2 GB allocation)
+        let vr = if self.enc.explicit {
+            vr
+        } else {
+            Some(implicit_vr(tag))
+        };
+        if let Some(vr) = vr {
+            let unit = value_unit(vr);
+            if unit > 1 && len % unit != 0 {
+                return Err(GuardError::PartialValue {
+                    tag: tag_name(tag),
+                    vr: String::from(vr.to_string()),
+                    offset: start,
+                    len,
+                    unit,
+                });
+            }
+        }
         self.skip = u64::from(len);
         Ok(())
     }
@@ -644,6 +671,27 @@ impl Walker {
             h.extend_from_slice(bytes);
         }
         Ok(())
+    }
+}
+
+/// The VR dicom-rs gives an element in implicit VR: OW for Pixel Data and Overlay Data, else the
+/// dictionary's (relaxed), UN when the dictionary does not know the tag.
+fn implicit_vr(tag: Tag) -> VR {
+    if tag == PIXEL_DATA || (tag.group() >> 8 == 0x60 && tag.element() == 0x3000) {
+        return VR::OW;
+    }
+    StandardDataDictionary
+        .by_tag(tag)
+        .map_or(VR::UN, |e| e.vr().relaxed())
+}
+
+/// Bytes of one value of a binary numeric VR (1 for the others), as dicom-rs reads them.
+fn value_unit(vr: VR) -> u32 {
+    match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::AT | VR::FL | VR::OF | VR::SL | VR::UL | VR::OL => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
     }
 }
 
@@ -900,6 +948,36 @@ mod tests {
         let err = walk(&ds, EXPLICIT).unwrap_err();
         assert!(matches!(err, GuardError::LengthExceedsData { .. }), "{err}");
         assert!(err.to_string().contains("(0009,0010)"), "{err}");
+    }
+
+    #[test]
+    fn partial_binary_values_are_refused() {
+        // (0008,1030) declared FL with 6 bytes: dicom-rs would read one float and lose its place
+        // (the fuzzing finding dataset-8cf1a36793e54f21)
+        let mut ds = vec![0x08, 0x00, 0x30, 0x10, b'F', b'L', 6, 0];
+        ds.extend_from_slice(b"THORAX");
+        ds.extend_from_slice(&[0x08, 0x00, 0x40, 0x10, b'L', b'O', 2, 0, b'O', b'D']);
+        let err = walk(&ds, EXPLICIT).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                GuardError::PartialValue {
+                    unit: 4,
+                    len: 6,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // implicit VR: the dictionary's VR counts, (0028,0010) Rows is US
+        let mut ds = vec![0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 1, 2, 3];
+        assert!(matches!(
+            walk(&ds, IMPLICIT),
+            Err(GuardError::PartialValue { unit: 2, .. })
+        ));
+        ds[4] = 2;
+        ds.pop();
+        assert!(walk(&ds, IMPLICIT).is_ok());
     }
 
     #[test]
