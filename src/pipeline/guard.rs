@@ -565,7 +565,7 @@ impl Walker {
         };
         if let Some(vr) = vr {
             let unit = value_unit(vr);
-            if unit > 1 && len % unit != 0 {
+            if unit > 1 && !len.is_multiple_of(unit) {
                 return Err(GuardError::PartialValue {
                     tag: tag_name(tag),
                     vr: String::from(vr.to_string()),
