@@ -378,6 +378,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_worker_that_lost_its_models_fails_health_and_readiness_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let beats = Heartbeats::new();
+        let worker = beats.register("worker-0");
+        let s = state(dir.path(), beats, 1);
+        worker.fail("models lost: cannot load them again");
+        worker.beat(); // beating does not hide a failure
+        let r = healthz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v = body(r).await;
+        assert_eq!(v["stale_loops"], serde_json::json!(["worker-0"]));
+        assert_eq!(
+            v["failed_loops"],
+            serde_json::json!(["worker-0: models lost: cannot load them again"])
+        );
+        let v = body(readyz(State(s)).await).await;
+        assert_eq!(v["checks"]["models"]["ok"], false, "{v}");
+        assert!(
+            v["checks"]["models"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("models lost")
+        );
+    }
+
+    #[tokio::test]
     async fn readyz_reports_each_check() {
         let dir = tempfile::tempdir().unwrap();
         let s = state(dir.path(), Heartbeats::new(), 0);
