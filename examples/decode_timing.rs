@@ -1,7 +1,8 @@
 //! Times each decode step on one file (development aid): `cargo run --release --example decode_timing FILE`.
 use std::time::Instant;
 
-use cxr_worker::pipeline::{decode, guard, preprocess};
+use cxr_worker::analyse::{decode, preprocess};
+use cxr_worker::dicom::guard;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: decode_timing FILE")?;

@@ -3,7 +3,7 @@
 //! signals, drain.
 //!
 //! SIGTERM or SIGINT stops accepting associations; the C-STOREs in flight finish and are answered;
-//! then the process exits 0. SIGHUP reloads the configuration ([`crate::reload`]).
+//! then the process exits 0. SIGHUP reloads the configuration ([`crate::ops::reload`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,22 +11,24 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::MemoryBudget;
+use crate::analyse::analyser::Analyser;
+use crate::analyse::helper::{self, Decoder};
+use crate::analyse::infer::{Engine, EngineOptions};
 use crate::config::Config;
-use crate::diskspace::{self, SpoolSpace};
-use crate::http::{self, HttpState};
+use crate::db;
 use crate::ingest::Ingest;
-use crate::metrics::Metrics;
-use crate::outbox;
-use crate::pipeline::analyse::Analyser;
-use crate::pipeline::helper::{self, Decoder};
-use crate::pipeline::infer::{Engine, EngineOptions};
-use crate::reload::{self, Live};
-use crate::scp::{self, ScpStats};
-use crate::spool::{LocalSpool, Storage};
-use crate::systemd::{Heartbeats, Notifier, Watchdog};
+use crate::ingest::budget::MemoryBudget;
+use crate::ingest::diskspace::{self, SpoolSpace};
+use crate::ingest::spool;
+use crate::ingest::spool::{LocalSpool, Storage};
+use crate::ops::http::{self, HttpState};
+use crate::ops::metrics::Metrics;
+use crate::ops::reload::{self, Live};
+use crate::ops::retention;
+use crate::ops::systemd::{Heartbeats, Notifier, Watchdog};
+use crate::receive::{self, ScpStats};
+use crate::send::outbox;
 use crate::worker::{self, WorkerSettings};
-use crate::{db, retention, spool};
 use tokio_util::task::TaskTracker;
 
 /// A start-up failure, naming what could not be set up.
@@ -49,13 +51,13 @@ pub enum StartError {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("models (keys models.*): {0}")]
-    Models(#[from] crate::pipeline::infer::InferError),
+    Models(#[from] crate::analyse::infer::InferError),
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Under systemd (`Type=notify`) READY=1 is sent only once
 /// the migrations are applied, the models loaded and the ports bound; the watchdog is pinged
 /// only while the receive loop and the workers are alive. SIGHUP reloads what can change safely
-/// (see [`crate::reload`]).
+/// (see [`crate::ops::reload`]).
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "NOTIFY_SOCKET unusable: not notifying systemd");
@@ -146,7 +148,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     tasks.spawn(outbox::run_live(
         pool.clone(),
         live.outbox.subscribe(),
-        Some(metrics.clone()),
+        Some(metrics.clone() as Arc<dyn outbox::SendObserver>),
         shutdown.clone(),
     ));
     tasks.spawn(
@@ -188,7 +190,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         shutdown.clone(),
     ));
     tasks.close();
-    scp::run(
+    receive::run(
         listener,
         scp_settings,
         Arc::new(ingest),

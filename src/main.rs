@@ -7,11 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cxr_worker::admin::findings::{self, StudyState};
 use cxr_worker::admin::{self, Format, actions, check, status};
+use cxr_worker::analyse::analyser::{Analyser, ImageReport, UNTRAINED_WARNING};
+use cxr_worker::analyse::helper::{self, Decoder};
+use cxr_worker::analyse::infer::{Engine, EngineOptions};
+use cxr_worker::analyse::overlay;
 use cxr_worker::config::Config;
-use cxr_worker::pipeline::analyse::{Analyser, ImageReport, UNTRAINED_WARNING};
-use cxr_worker::pipeline::helper::{self, Decoder};
-use cxr_worker::pipeline::infer::{Engine, EngineOptions};
-use cxr_worker::pipeline::overlay;
 
 #[derive(Parser)]
 #[command(
@@ -164,7 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DecodeHelper { memory_limit_bytes } => Ok(helper::helper_main(memory_limit_bytes)),
         Command::Serve { config } => {
             let cfg = Config::load(&config)?;
-            cxr_worker::telemetry::init(&cfg.log.level, cfg.log.format);
+            cxr_worker::ops::telemetry::init(&cfg.log.level, cfg.log.format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -297,7 +297,7 @@ fn infer(
     files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    cxr_worker::telemetry::init(&cfg.log.level, cfg.log.format);
+    cxr_worker::ops::telemetry::init(&cfg.log.level, cfg.log.format);
     let engine = Engine::load(&EngineOptions::from(&cfg.models))?;
     if let Some(dir) = &overlays {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -371,14 +371,14 @@ fn print_report(r: &ImageReport) {
         );
         for (label, prob) in &p.0 {
             let call = f.calls.get(label).map_or("?", |c| match c {
-                cxr_worker::pipeline::analyse::Call::Present => "Present",
-                cxr_worker::pipeline::analyse::Call::Absent => "Absent",
+                cxr_worker::analyse::analyser::Call::Present => "Present",
+                cxr_worker::analyse::analyser::Call::Absent => "Absent",
             });
             let threshold = f.thresholds.get(label).copied().unwrap_or(f32::NAN);
             println!("    {label:<20} {prob:.4}  {call:<7} (threshold {threshold:.3})");
         }
         let a = &f.anatomy;
-        let area = |name: &str, x: &cxr_worker::pipeline::analyse::Area| match x.mm2 {
+        let area = |name: &str, x: &cxr_worker::analyse::analyser::Area| match x.mm2 {
             Some(mm2) => format!("{name} {:.1}% ({:.0} mm²)", x.fraction * 100.0, mm2),
             None => format!("{name} {:.1}% of the image", x.fraction * 100.0),
         };

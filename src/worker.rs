@@ -22,19 +22,19 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::analyse::analyser::{Analyser, Call, ImageReport};
 use crate::config::Destination;
 use crate::db::analysis::{self, AnalysedInstance, AnalysisRow, LabelRow, NewReport};
 use crate::db::jobs::{self, Job};
-use crate::metrics::Metrics;
-use crate::outbox;
-use crate::pipeline::analyse::{Analyser, Call, ImageReport};
-use crate::pipeline::guard;
+use crate::dicom::guard;
+use crate::ingest::spool::{SpoolKey, Storage};
+use crate::ops::metrics::Metrics;
+use crate::ops::systemd::Heartbeat;
 use crate::report::{
     self, AnalysedImage, Completion, ImageRef, LabelResult, ModelInfo, Predecessor, ReportContent,
     ReportRequest, SourceStudy,
 };
-use crate::spool::{SpoolKey, Storage};
-use crate::systemd::Heartbeat;
+use crate::send::outbox;
 
 /// Builds a worker's [`Analyser`] again (models and decoder) after the first was lost.
 #[derive(Clone)]
@@ -599,7 +599,7 @@ async fn read_source(storage: &Arc<dyn Storage>, key: &str) -> Result<SourceStud
             .map_err(|e| JobError::Spool(e.to_string()))?;
         let (ts, header) = guard::read_header(&mut *file, guard::Limits::default())
             .map_err(|e| JobError::Spool(format!("{} is malformed: {e}", key.as_str())))?;
-        let obj = crate::scp::header::parse_header(&header, &ts)
+        let obj = crate::dicom::header::parse_header(&header, &ts)
             .map_err(|e| JobError::Spool(format!("cannot read {}: {e}", key.as_str())))?;
         SourceStudy::from_dataset(&obj).map_err(|e| JobError::Report(e.to_string()))
     })

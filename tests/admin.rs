@@ -353,7 +353,7 @@ async fn admin_commands_find_report_resend_and_reprocess() {
     assert!(!o.status.success());
     let err = text(&o);
     assert!(err.contains("unknown label \"Covid\""), "{err}");
-    for l in cxr_worker::pipeline::contract::LABELS {
+    for l in cxr_worker::analyse::contract::LABELS {
         assert!(err.contains(l), "{err}");
     }
     let o = cli(&config, &["findings", "--min-probability", "1.5"]);

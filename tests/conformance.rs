@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use cxr_worker::scp::sop_classes::{STORAGE, TRANSFER_SYNTAXES};
+use cxr_worker::dicom::sop_classes::{STORAGE, TRANSFER_SYNTAXES};
 use dicom_dictionary_std::uids;
 
 fn statement() -> String {

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cxr_worker::pipeline::decode::{self, DecodeError, DecodeLimits, StoredImage};
-use cxr_worker::pipeline::preprocess;
+use cxr_worker::analyse::decode::{self, DecodeError, DecodeLimits, StoredImage};
+use cxr_worker::analyse::preprocess;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom")

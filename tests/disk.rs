@@ -59,7 +59,7 @@ fn fresh_chest(scratch: &Path) -> (String, Vec<u8>) {
     obj.write_to_file(&path).unwrap();
     let file = std::fs::read(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
-    let layout = cxr_worker::pipeline::guard::check(&file, Default::default()).unwrap();
+    let layout = cxr_worker::dicom::guard::check(&file, Default::default()).unwrap();
     (sop, file[layout.dataset_offset..].to_vec())
 }
 

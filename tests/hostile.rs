@@ -121,7 +121,7 @@ fn fresh_chest_dataset(dir: &std::path::Path, study: &str) -> (String, Vec<u8>) 
     obj.write_to_file(&path).unwrap();
     let file = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_file(&path);
-    let layout = cxr_worker::pipeline::guard::check(&file, Default::default()).unwrap();
+    let layout = cxr_worker::dicom::guard::check(&file, Default::default()).unwrap();
     (sop, file[layout.dataset_offset..].to_vec())
 }
 

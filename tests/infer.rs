@@ -9,10 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cxr_worker::analyse::decode::{self, DecodeLimits};
+use cxr_worker::analyse::infer::{Engine, EngineOptions, InferError};
+use cxr_worker::analyse::preprocess;
 use cxr_worker::config::ExecutionProvider;
-use cxr_worker::pipeline::decode::{self, DecodeLimits};
-use cxr_worker::pipeline::infer::{Engine, EngineOptions, InferError};
-use cxr_worker::pipeline::preprocess;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -218,3 +218,60 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
         }
     }
 }
+
+/// UIDs are referenced exactly as received: a study whose UIDs have leading-zero components
+/// (not conformant, but sent by real devices) is stored, analysed and reported, and its SR names
+/// the study and image with the very same UIDs (before issue 9 the SR step refused them on every
+/// retry).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_study_with_leading_zero_uids_gets_its_sr() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let db = TestDb::create().await;
+    let pacs = StoreScp::start();
+    let d = start(&db, &pacs);
+    let pool = db.pool().await;
+    let (study, series, sop) = ("1.02.3.004", "1.02.3.004.05", "1.02.3.004.05.06");
+    let mut obj = dicom_object::open_file(fixture("RG1_UNCR.dcm")).unwrap();
+    for (tag, uid) in [
+        (tags::STUDY_INSTANCE_UID, study),
+        (tags::SERIES_INSTANCE_UID, series),
+        (tags::SOP_INSTANCE_UID, sop),
+    ] {
+        obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(uid)));
+    }
+    obj.meta_mut().media_storage_sop_instance_uid = sop.to_string();
+    let file = tempfile::tempdir().unwrap().keep().join("leading-zero.dcm");
+    obj.write_to_file(&file).unwrap();
+    let acks = pynetdicom_send(&d, "MODALITY", 1, &[file]);
+    assert_eq!(acks[0].status, 0, "{acks:?}");
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM outbox WHERE state = 'sent'",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    let kind: String = sqlx::query_scalar("SELECT kind FROM reports WHERE study_instance_uid = $1")
+        .bind(study)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kind, "findings");
+    let sr = pacs.files().pop().unwrap();
+    let obj = dicom_object::open_file(&sr).unwrap();
+    let text = |tag| {
+        obj.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string()
+    };
+    assert_eq!(text(tags::STUDY_INSTANCE_UID), study);
+    let dump = String::from_utf8_lossy(&std::fs::read(&sr).unwrap()).to_string();
+    assert!(
+        dump.contains(sop),
+        "the SR references the image as received"
+    );
+}

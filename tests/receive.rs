@@ -99,7 +99,7 @@ fn every_syntax(tmp: &Path) -> Vec<PathBuf> {
     let syntaxes: std::collections::BTreeSet<String> =
         files.iter().map(|f| transfer_syntax_of(f)).collect();
     let accepted: std::collections::BTreeSet<String> =
-        cxr_worker::scp::sop_classes::TRANSFER_SYNTAXES
+        cxr_worker::dicom::sop_classes::TRANSFER_SYNTAXES
             .iter()
             .map(|t| t.uid.to_string())
             .collect();
@@ -118,7 +118,7 @@ async fn stored_key(pool: &sqlx::PgPool, f: &Path, same_syntax: bool) -> String 
     if same_syntax {
         assert_eq!(ts, transfer_syntax_of(f), "{}", f.display());
     } else {
-        assert!(cxr_worker::scp::sop_classes::is_accepted_transfer_syntax(
+        assert!(cxr_worker::dicom::sop_classes::is_accepted_transfer_syntax(
             &ts
         ));
     }

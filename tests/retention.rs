@@ -33,7 +33,9 @@ fn metrics(d: &Daemon) -> BTreeMap<String, f64> {
 async fn above_the_watermark_associations_are_refused_until_it_is_raised() {
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap().keep();
-    let used = cxr_worker::diskspace::usage(&dir).unwrap().used_percent();
+    let used = cxr_worker::ingest::diskspace::usage(&dir)
+        .unwrap()
+        .used_percent();
     assert!(used > 0.0001, "the test's file system is empty: {used}%");
     let config = write_config_spool(
         &dir,

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use cxr_worker::config::{AeTitle, Destination};
-use cxr_worker::outbox::{self, OutboxRow, OutboxSettings, RetryPolicy};
-use cxr_worker::report::send::{self, ScuOptions};
+use cxr_worker::config::Destination;
+use cxr_worker::dicom::ae::AeTitle;
 use cxr_worker::report::sr::SR_SOP_CLASS_UID;
 use cxr_worker::report::{
     AnalysedImage, BuiltReport, Completion, ImageRef, LabelResult, ModelInfo, ReportContent,
     ReportRequest, SourceStudy, build_sr, codes::LABELS,
 };
+use cxr_worker::send::outbox::{self, OutboxRow, OutboxSettings, RetryPolicy};
+use cxr_worker::send::scu::{self, ScuOptions};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_transfer_syntax_registry::entries::{
@@ -345,7 +346,7 @@ async fn implicit_only_peer_receives_a_re_encoded_sr() {
     // +xi: accept Implicit VR Little Endian only
     let scp = StoreScp::start_on(port, &dir.path().join("in"), &["+xi", "+B"]);
     let sr = real_sr(2);
-    let delivered = send::store(
+    let delivered = scu::store(
         &destination("implicit", "ANY", port),
         &sr.file,
         &ScuOptions::default(),
@@ -372,7 +373,7 @@ async fn implicit_only_peer_receives_a_re_encoded_sr() {
     // store_bytes: the same path from Part 10 bytes
     let mut bytes = Vec::new();
     sr.file.write_all(&mut bytes).unwrap();
-    let d = send::store_bytes(
+    let d = scu::store_bytes(
         &destination("implicit", "ANY", port),
         &bytes,
         &ScuOptions::default(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cxr_worker::systemd::{Heartbeats, Notifier, Watchdog};
+use cxr_worker::ops::systemd::{Heartbeats, Notifier, Watchdog};
 use tokio_util::sync::CancellationToken;
 
 /// The receiving end: what systemd would be.
@@ -207,7 +207,7 @@ fn heartbeats_report_stale_loops_and_deregister_on_drop() {
 
 /// Beat `hb` every 20 ms until `stop`, unless `hung` is set (then skip beats, like a stuck loop).
 fn beater(
-    hb: cxr_worker::systemd::Heartbeat,
+    hb: cxr_worker::ops::systemd::Heartbeat,
     hung: Arc<AtomicBool>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {

@@ -1,7 +1,7 @@
 //! The DIMSE command set parser, and the response built from what it parsed.
 #![no_main]
 
-use cxr_worker::scp::dimse::{Command, Response};
+use cxr_worker::dicom::dimse::{Command, Response};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,9 +3,9 @@
 //! transfer syntax, the second the fragment size), its header parsed and checked; then, as the
 //! decode step does, the whole file is parsed and its first frame decoded.
 
-use cxr_worker::pipeline::decode::{self, DecodeLimits};
-use cxr_worker::pipeline::guard::{Limits, Walker};
-use cxr_worker::scp::header;
+use cxr_worker::analyse::decode::{self, DecodeLimits};
+use cxr_worker::dicom::guard::{Limits, Walker};
+use cxr_worker::dicom::header;
 
 const SYNTAXES: [&str; 5] = [
     "1.2.840.10008.1.2",

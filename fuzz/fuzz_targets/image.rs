@@ -1,8 +1,8 @@
 //! Shared by the decoder targets: a chest CR data set around one fuzzed codestream fragment,
 //! decoded as the decode helper does (codestream checks, then the codec, then our conversions).
 
-use cxr_worker::pipeline::decode::{self, DecodeLimits};
-use cxr_worker::scp::header::file_preamble_and_meta;
+use cxr_worker::analyse::decode::{self, DecodeLimits};
+use cxr_worker::dicom::header::file_preamble_and_meta;
 
 const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
 

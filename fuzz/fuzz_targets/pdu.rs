@@ -2,10 +2,10 @@
 //! the cap of its type, its body decoded by dicom-ul's codec), and an A-ASSOCIATE-RQ answered.
 #![no_main]
 
-use cxr_worker::config::AeTitle;
-use cxr_worker::scp::ScpSettings;
-use cxr_worker::scp::association::negotiate;
-use cxr_worker::scp::pdu::decode_checked;
+use cxr_worker::dicom::ae::AeTitle;
+use cxr_worker::receive::ScpSettings;
+use cxr_worker::receive::association::negotiate;
+use cxr_worker::dicom::pdu::decode_checked;
 use dicom_ul::pdu::Pdu;
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;

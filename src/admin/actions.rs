@@ -18,7 +18,7 @@ use sqlx::PgPool;
 
 use super::{AdminError, study_exists};
 use crate::config::Destination;
-use crate::outbox::CHANNEL;
+use crate::send::outbox::CHANNEL;
 
 /// What resend did for one destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -11,9 +11,9 @@ use serde::Serialize;
 use sqlx::Connection as _;
 
 use super::output::printable;
+use crate::analyse::infer::{Engine, EngineOptions};
 use crate::config::Config;
 use crate::db::MIGRATOR;
-use crate::pipeline::infer::{Engine, EngineOptions};
 
 /// One check's result.
 #[derive(Debug, Clone, Serialize)]

@@ -2,7 +2,7 @@
 
 use sqlx::{Postgres, Transaction};
 
-use crate::scp::header::InstanceHeader;
+use crate::dicom::header::InstanceHeader;
 
 /// Where and how an instance arrived.
 #[derive(Debug, Clone)]

@@ -7,10 +7,8 @@
 //!
 //! - [`codes`]: every coded concept written, with the finding code and site of each label.
 //! - [`sr`]: the SR builder.
-//! - [`send`]: the C-STORE SCU that delivers an SR to one destination.
 
 pub mod codes;
-pub mod send;
 pub mod sr;
 
 use std::fmt::Write as _;
@@ -21,6 +19,8 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::dicom::uid::is_received_uid;
 
 pub use sr::{BuiltReport, build_sr};
 
@@ -325,7 +325,7 @@ impl SourceStudy {
     /// Copy the patient and study attributes from one source image's dataset.
     pub fn from_dataset(obj: &InMemDicomObject) -> Result<Self, SrError> {
         let study_instance_uid = text(obj, tags::STUDY_INSTANCE_UID);
-        if !is_valid_uid(&study_instance_uid) {
+        if !is_received_uid(&study_instance_uid) {
             return Err(SrError::MissingStudyInstanceUid);
         }
         let requests = obj
@@ -380,7 +380,7 @@ impl RequestReference {
             })
             .filter(|c| !c.value.is_empty() && !c.scheme.is_empty() && !c.meaning.is_empty());
         Self {
-            study_instance_uid: if is_valid_uid(&uid) {
+            study_instance_uid: if is_received_uid(&uid) {
                 uid
             } else {
                 study_uid.to_string()
@@ -435,16 +435,11 @@ pub(crate) fn derived_uid(parts: &[&str]) -> String {
     )
 }
 
-/// True for a non-empty UID of at most 64 characters: digits and dots, no empty component, no
-/// leading zero in a multi-digit component.
+/// True for a UID we may make or configure: strict, no leading zero in a multi-digit component
+/// ([`crate::dicom::uid::is_strict_uid`]). UIDs of the source images are referenced as received
+/// ([`crate::dicom::uid::is_received_uid`]).
 pub fn is_valid_uid(uid: &str) -> bool {
-    !uid.is_empty()
-        && uid.len() <= 64
-        && uid.split('.').all(|c| {
-            !c.is_empty()
-                && c.bytes().all(|b| b.is_ascii_digit())
-                && (c == "0" || !c.starts_with('0'))
-        })
+    crate::dicom::uid::is_strict_uid(uid)
 }
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> String {

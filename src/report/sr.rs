@@ -36,7 +36,7 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 use super::codes::{self, Code};
 use super::{
     AnalysedImage, Completion, ImageRef, ModelInfo, Predecessor, ReportContent, ReportRequest,
-    SourceStudy, SrError, derived_uid, format_ds, is_valid_uid, new_uid,
+    SourceStudy, SrError, derived_uid, format_ds, new_uid,
 };
 
 /// SOP Class UID of every SR built here: Comprehensive 3D SR Storage.
@@ -158,8 +158,9 @@ fn check_image(img: &ImageRef) -> Result<(), SrError> {
     check_uid("image Series Instance UID", &img.series_instance_uid)
 }
 
+/// UIDs of source images and earlier reports are referenced exactly as received.
 fn check_uid(what: &'static str, uid: &str) -> Result<(), SrError> {
-    if is_valid_uid(uid) {
+    if crate::dicom::uid::is_received_uid(uid) {
         Ok(())
     } else {
         Err(SrError::InvalidUid {

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::analyse::Findings;
+use super::analyser::Findings;
 
 /// Write the overlay of `findings` to `path` as PNG.
 pub fn write_png(path: &Path, findings: &Findings, probabilities: &[f32]) -> std::io::Result<()> {

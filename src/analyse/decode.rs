@@ -5,9 +5,9 @@
 //! reproduces them; `docs/preprocessing.md` states the same rules in prose:
 //!
 //! 1. **Guard**: the file must fit the size cap, and every declared element length must fit in
-//!    the bytes that remain ([`super::guard`]), before dicom-rs parses anything.
+//!    the bytes that remain ([`crate::dicom::guard`]), before dicom-rs parses anything.
 //! 2. **Pixels**: the first frame is decoded by dicom-pixeldata (any transfer syntax of
-//!    [`crate::scp::sop_classes::TRANSFER_SYNTAXES`]); 8- or 16-bit samples are masked to
+//!    [`crate::dicom::sop_classes::TRANSFER_SYNTAXES`]); 8- or 16-bit samples are masked to
 //!    BitsStored (after shifting by `HighBit + 1 - BitsStored`) and sign-extended when
 //!    PixelRepresentation is 1. Only MONOCHROME1/MONOCHROME2 with one sample per pixel is accepted.
 //! 3. **Modality LUT**: `m = RescaleSlope · v + RescaleIntercept` (1 and 0 when absent). A Modality
@@ -27,9 +27,9 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
 use serde::{Deserialize, Serialize};
 
-use super::codestream::{self, Codec, CodestreamError, FrameShape};
-use super::guard::{self, GuardError};
-use crate::scp::sop_classes;
+use crate::dicom::codestream::{self, Codec, CodestreamError, FrameShape};
+use crate::dicom::guard::{self, GuardError};
+use crate::dicom::sop_classes;
 
 /// Caps applied to every file before decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,12 +17,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Destination};
-use crate::diskspace::SpoolSpace;
-use crate::outbox::OutboxSettings;
-use crate::retention::RetentionSettings;
-use crate::scp::ScpSettings;
-use crate::systemd::Notifier;
-use crate::telemetry::{self, LevelChange};
+use crate::ingest::diskspace::SpoolSpace;
+use crate::ops::retention::RetentionSettings;
+use crate::ops::systemd::Notifier;
+use crate::ops::telemetry::{self, LevelChange};
+use crate::receive::ScpSettings;
+use crate::send::outbox::OutboxSettings;
 
 /// The live values a reload may replace; each running task holds a receiver.
 #[derive(Debug)]

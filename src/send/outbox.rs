@@ -22,9 +22,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Destination, ReportConfig};
-use crate::metrics::Metrics;
 use crate::report::BuiltReport;
-use crate::report::send::{self, Delivered, ScuOptions, SendError};
+use crate::send::scu::{self, Delivered, ScuOptions, SendError};
 
 /// The PostgreSQL channel [`enqueue`] notifies so that senders wake at once.
 pub const CHANNEL: &str = "cxr_outbox";
@@ -180,7 +179,7 @@ pub fn archive_sr(dir: &Path, report: &BuiltReport) -> Result<PathBuf, OutboxErr
 }
 
 fn check_uid(what: &'static str, uid: &str) -> Result<(), OutboxError> {
-    if crate::spool::is_valid_uid(uid) {
+    if crate::dicom::uid::is_received_uid(uid) {
         Ok(())
     } else {
         Err(OutboxError::InvalidUid {
@@ -299,13 +298,19 @@ pub async fn run(pool: PgPool, settings: Arc<OutboxSettings>, shutdown: Cancella
     run_live(pool, settings, None, shutdown).await;
 }
 
+/// Where the sender reports each attempt, `outcome` being `sent`, `retry` or `failed` (the
+/// metrics endpoint implements it).
+pub trait SendObserver: Send + Sync {
+    fn attempt(&self, destination: &str, outcome: &str);
+}
+
 /// [`run`] with settings that may change while it runs (SIGHUP: destinations): each batch of
 /// claimed rows is sent with the value current when it was claimed. Every attempt is counted in
 /// `metrics` when given.
 pub async fn run_live(
     pool: PgPool,
     live: watch::Receiver<Arc<OutboxSettings>>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<dyn SendObserver>>,
     shutdown: CancellationToken,
 ) {
     let owner = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple());
@@ -434,7 +439,7 @@ async fn deliver(
     pool: &PgPool,
     owner: &str,
     settings: &OutboxSettings,
-    metrics: Option<&Metrics>,
+    metrics: Option<&dyn SendObserver>,
     row: OutboxRow,
 ) {
     let started = Utc::now();
@@ -453,7 +458,7 @@ async fn deliver(
         Some(dest) => {
             let result = tokio::time::timeout(
                 settings.scu.worst_case(),
-                send::store_file(dest, Path::new(&row.archive_path), &settings.scu),
+                scu::store_file(dest, Path::new(&row.archive_path), &settings.scu),
             )
             .await
             .unwrap_or(Err(SendError::Timeout("sending")));
@@ -462,7 +467,7 @@ async fn deliver(
     };
     log_outcome(&row, &outcome);
     if let Some(m) = metrics {
-        m.count_send(&row.destination_name, outcome.name());
+        m.attempt(&row.destination_name, outcome.name());
     }
     if let Err(e) = record(pool, owner, &row, dest, started, &outcome).await {
         // the lease expires and another attempt follows

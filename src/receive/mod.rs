@@ -1,15 +1,11 @@
-//! Receive: the DICOM C-STORE SCP. Listener → association → DIMSE messages → a [`StoreHandler`]
-//! (spool + database, wired in `ingest`). The listener and the shutdown signal come from outside,
-//! so tests bind port 0 and pass their own trigger.
+//! Receive: the DICOM C-STORE SCP. Listener → association → DIMSE messages → the protocol-neutral
+//! [`StoreHandler`] of `ingest` (spool + database), whose outcome is mapped to a DIMSE status here.
+//! The listener and the shutdown signal come from outside, so tests bind port 0 and pass their
+//! own trigger.
 
 pub mod association;
-pub mod dimse;
-pub mod header;
-pub mod pdu;
-pub mod sop_classes;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::budget::{Grant, MemoryBudget};
-use crate::config::{AeTitle, AllowedPeer, DicomConfig, canonical_ip};
-use dimse::Command;
-use pdu::PduStream;
+use crate::config::DicomConfig;
+use crate::dicom::ae::{AeTitle, AllowedPeer, canonical_ip};
+use crate::dicom::pdu::{self, PduStream};
+use crate::ingest::StoreHandler;
+use crate::ingest::budget::{Grant, MemoryBudget};
 
 /// What the association layer needs to know; built from `[dicom]`. The accept loop reads the
 /// current value for each connection, so a reload (SIGHUP) changes the allow-list of the next
@@ -71,70 +68,6 @@ impl From<&DicomConfig> for ScpSettings {
             max_dataset_bytes: c.max_dataset_bytes,
             accepted_sop_classes: c.accepted_sop_classes.clone(),
         }
-    }
-}
-
-/// One received C-STORE: the command, its transfer syntax, and who sent it. The data set itself
-/// went to the handler's [`DataSink`] as it arrived.
-#[derive(Debug)]
-pub struct StoreRequest {
-    pub command: Command,
-    pub transfer_syntax: String,
-    pub calling_ae_title: String,
-    pub called_ae_title: String,
-    pub peer: SocketAddr,
-}
-
-/// The answer to a C-STORE: a DIMSE status and an optional Error Comment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreOutcome {
-    pub status: u16,
-    pub comment: Option<String>,
-}
-
-impl StoreOutcome {
-    pub fn success() -> Self {
-        Self {
-            status: dimse::status::SUCCESS,
-            comment: None,
-        }
-    }
-
-    pub fn failure(status: u16, comment: impl Into<String>) -> Self {
-        Self {
-            status,
-            comment: Some(comment.into()),
-        }
-    }
-}
-
-/// Takes a data set's fragments in order, as they arrive, so that storing overlaps with
-/// receiving. Each fragment comes with the memory [`Grant`] that holds it, to be dropped once the
-/// fragment is written. Dropping a sink abandons its data set.
-pub trait DataSink: Send + 'static {
-    fn push(&mut self, fragment: Vec<u8>, grant: Grant) -> impl Future<Output = ()> + Send;
-}
-
-/// Makes a received instance durable. Success may be returned only once it is.
-pub trait StoreHandler: Send + Sync + 'static {
-    type Sink: DataSink;
-
-    /// A C-STORE command is complete and its data set follows: where its fragments go.
-    fn begin(&self, command: &Command, transfer_syntax: &str, calling_ae_title: &str)
-    -> Self::Sink;
-
-    /// The whole data set went into `sink`: make it durable and answer.
-    fn store(
-        &self,
-        request: StoreRequest,
-        sink: Self::Sink,
-    ) -> impl Future<Output = StoreOutcome> + Send;
-
-    /// Whether new associations are taken now; `false` (e.g. the spool is above its disk
-    /// watermark) answers them with a transient rejection. Called once per connection, from the
-    /// accept loop: it must not block.
-    fn admits_associations(&self) -> bool {
-        true
     }
 }
 

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use crate::dicom::uid::is_received_uid as is_valid_uid;
+
 /// A spool operation that failed, with the path it was about.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -70,14 +72,6 @@ impl SpoolKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// A DICOM UID: 1–64 characters, digits and dots, no empty component.
-pub fn is_valid_uid(uid: &str) -> bool {
-    !uid.is_empty()
-        && uid.len() <= 64
-        && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && !uid.split('.').any(str::is_empty)
 }
 
 /// An object written durably under a temporary name, not yet visible under its key.

@@ -15,7 +15,7 @@
 //!   - `queue`: not stalled. Stalled means a job has been due (queued and past its `run_after`,
 //!     or running with an expired lease) for longer than `[http] queue_stall_secs` while no job
 //!     started, finished or renewed its lease in that time. Receive-only daemons skip it.
-//! - `/metrics`: see [`crate::metrics`].
+//! - `/metrics`: see [`crate::ops::metrics`].
 //!
 //! At most [`MAX_CONNECTIONS`] connections; headers must arrive within [`HEADER_TIMEOUT`] and a
 //! connection lives at most [`CONNECTION_LIFETIME`].
@@ -38,10 +38,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::HttpConfig;
-use crate::diskspace::SpoolSpace;
-use crate::metrics::{self, Metrics, Snapshot};
-use crate::spool::Storage;
-use crate::systemd::Heartbeats;
+use crate::ingest::diskspace::SpoolSpace;
+use crate::ingest::spool::Storage;
+use crate::ops::metrics::{self, Metrics, Snapshot};
+use crate::ops::systemd::Heartbeats;
 
 /// What the endpoints look at.
 #[derive(Debug)]
@@ -323,8 +323,8 @@ async fn metrics_text(State(state): State<Arc<HttpState>>) -> Response {
 mod tests {
     use super::*;
     use crate::ingest::IngestStats;
-    use crate::scp::ScpStats;
-    use crate::spool::LocalSpool;
+    use crate::ingest::spool::LocalSpool;
+    use crate::receive::ScpStats;
     use std::time::Duration;
 
     fn state(dir: &std::path::Path, heartbeats: Heartbeats, workers: usize) -> Arc<HttpState> {

@@ -1,23 +1,102 @@
-//! Ingest: the durable store behind the SCP. Receive → spool → database, in the order that makes
-//! Success safe: the file is staged (written + fsynced), its row inserted, the file published
-//! (renamed + directory fsynced), and only then is the transaction committed and Success sent.
-//! Any failure before that answers a failure status and leaves nothing half-done that matters.
+//! Ingest: the durable store behind every receiving protocol (the DICOM SCP today; STOW-RS or
+//! DICOM TLS later). A protocol hands over a [`Received`] instance and its data set's fragments
+//! as they arrive, and gets back a protocol-neutral [`Outcome`] that it translates (the SCP into
+//! a DIMSE status). Receive → spool → database, in the order that makes Stored safe: the file is
+//! staged (written + fsynced), its row inserted, the file published (renamed + directory
+//! fsynced), and only then is the transaction committed and Stored returned. Any failure before
+//! that is a refusal and leaves nothing half-done that matters.
 
+pub mod budget;
+pub mod diskspace;
+pub mod spool;
+
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use sqlx::PgPool;
 
-use crate::budget::{Grant, MemoryBudget};
 use crate::db::instances::{self, Arrival, Recorded};
-use crate::diskspace::SpoolSpace;
-use crate::pipeline::guard::{self, GuardError, Walker};
-use crate::scp::dimse::Command;
-use crate::scp::dimse::status;
-use crate::scp::header::{self, HeaderError, InstanceHeader};
-use crate::scp::{DataSink, StoreHandler, StoreOutcome, StoreRequest};
-use crate::spool::{SpoolKey, Staged, Storage};
+use crate::dicom::guard::{self, GuardError, Walker};
+use crate::dicom::header::{self, HeaderError, InstanceHeader};
+use budget::{Grant, MemoryBudget};
+use diskspace::SpoolSpace;
+use spool::{SpoolKey, Staged, Storage};
+
+/// An instance being received, whatever the protocol: what its sender says it is, and who sent
+/// it. Its data set goes to the [`DataSink`] from [`StoreHandler::begin`] as it arrives.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    /// The transfer syntax of the data set as it arrives (and as it is stored).
+    pub transfer_syntax: String,
+    pub calling_ae_title: String,
+    pub called_ae_title: String,
+    pub peer: SocketAddr,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Durable in the spool and the database.
+    Stored,
+    /// Already stored (same SOP Instance UID): the first copy is kept.
+    Duplicate,
+    /// Already recorded, but retention had removed its file: stored again, analysed again.
+    Restored,
+    /// Not stored, for `reason`; `detail` is safe to show the sender (no patient data).
+    Refused { reason: Refusal, detail: String },
+}
+
+/// Why an instance was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The bytes are malformed: they cannot be read as a data set.
+    Malformed,
+    /// The data set contradicts what its sender said it is, or lacks required attributes.
+    Mismatch,
+    /// A structural cap or a size limit was exceeded.
+    OverLimit,
+    /// The spool, the database or the memory budget cannot take it now: the sender may retry.
+    Unavailable,
+}
+
+impl Outcome {
+    /// A refusal for `reason`, with a `detail` for the sender.
+    pub fn refused(reason: Refusal, detail: impl Into<String>) -> Self {
+        Self::Refused {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Takes a data set's fragments in order, as they arrive, so that storing overlaps with
+/// receiving. Each fragment comes with the memory [`Grant`] that holds it, to be dropped once the
+/// fragment is written. Dropping a sink abandons its data set.
+pub trait DataSink: Send + 'static {
+    fn push(&mut self, fragment: Vec<u8>, grant: Grant) -> impl Future<Output = ()> + Send;
+}
+
+/// Makes a received instance durable. [`Outcome::Stored`] may be returned only once it is.
+pub trait StoreHandler: Send + Sync + 'static {
+    type Sink: DataSink;
+
+    /// An instance is announced and its data set follows: where its fragments go.
+    fn begin(&self, received: &Received) -> Self::Sink;
+
+    /// The whole data set went into `sink`: make it durable and say how it ended.
+    fn store(&self, received: Received, sink: Self::Sink) -> impl Future<Output = Outcome> + Send;
+
+    /// Whether new senders are taken now; `false` (e.g. the spool is above its disk watermark)
+    /// answers them with a transient refusal. Must not block.
+    fn admits_associations(&self) -> bool {
+        true
+    }
+}
 
 /// Counters of what was stored and refused, read by the metrics endpoint.
 #[derive(Debug, Default)]
@@ -91,18 +170,10 @@ impl Ingest {
         self
     }
 
-    async fn store_request(&self, req: StoreRequest, sink: IngestSink) -> StoreOutcome {
+    async fn store_request(&self, req: Received, sink: IngestSink) -> Outcome {
         let started = Instant::now();
-        let sop_class = req
-            .command
-            .affected_sop_class_uid
-            .clone()
-            .unwrap_or_default();
-        let sop_instance = req
-            .command
-            .affected_sop_instance_uid
-            .clone()
-            .unwrap_or_default();
+        let sop_class = req.sop_class_uid.clone();
+        let sop_instance = req.sop_instance_uid.clone();
         let spool = self.spool.clone();
         let ts = req.transfer_syntax.clone();
         let (req_ts, req_calling, req_called) = (
@@ -134,7 +205,7 @@ impl Ingest {
             Err(join) => {
                 self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(sop_instance_uid = ?sop_instance, error = %join, "ingest task failed");
-                return StoreOutcome::failure(status::OUT_OF_RESOURCES, "internal error");
+                return Outcome::refused(Refusal::Unavailable, "internal error");
             }
         };
         let key = prepared.key.as_str().to_string();
@@ -170,17 +241,21 @@ impl Ingest {
                     ms = started.elapsed().as_millis() as u64,
                     "stored"
                 );
-                StoreOutcome::success()
+                match recorded {
+                    Recorded::New => Outcome::Stored,
+                    Recorded::Duplicate => Outcome::Duplicate,
+                    Recorded::Restored => Outcome::Restored,
+                }
             }
             Err(CommitError::Database(e)) => {
                 self.stats.rejected_database.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(sop_instance_uid = ?sop_instance, error = %e, "database unavailable: refused");
-                StoreOutcome::failure(status::OUT_OF_RESOURCES, "database unavailable")
+                Outcome::refused(Refusal::Unavailable, "database unavailable")
             }
             Err(CommitError::Spool(e)) => {
                 self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(sop_instance_uid = ?sop_instance, error = %e, "spool publish failed: refused");
-                StoreOutcome::failure(status::OUT_OF_RESOURCES, "spool unavailable")
+                Outcome::refused(Refusal::Unavailable, "spool unavailable")
             }
         }
     }
@@ -251,25 +326,25 @@ impl Ingest {
     }
 
     /// The answer to a data set that could not be prepared, counted and logged.
-    fn refused(&self, e: PrepareError, sop_instance: &str) -> StoreOutcome {
+    fn refused(&self, e: PrepareError, sop_instance: &str) -> Outcome {
         match e {
             PrepareError::Guard(e) if e.is_limit() => {
                 self.stats.rejected_limits.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sop_instance_uid = ?sop_instance, reason = %e, "data set over a structural limit: refused");
-                StoreOutcome::failure(status::OUT_OF_RESOURCES, e.to_string())
+                Outcome::refused(Refusal::OverLimit, e.to_string())
             }
             PrepareError::Guard(e) => {
                 self.stats
                     .rejected_unreadable
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sop_instance_uid = ?sop_instance, reason = %e, "data set cannot be understood");
-                StoreOutcome::failure(status::CANNOT_UNDERSTAND, "data set is malformed")
+                Outcome::refused(Refusal::Malformed, "data set is malformed")
             }
             PrepareError::Memory => {
                 self.stats.rejected_limits.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sop_instance_uid = ?sop_instance, "receive memory budget exhausted: refused");
-                StoreOutcome::failure(
-                    status::OUT_OF_RESOURCES,
+                Outcome::refused(
+                    Refusal::Unavailable,
                     "receive memory budget exhausted; retry later",
                 )
             }
@@ -278,17 +353,17 @@ impl Ingest {
                     .rejected_unreadable
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sop_instance_uid = ?sop_instance, reason = ?reason, "data set cannot be understood");
-                StoreOutcome::failure(status::CANNOT_UNDERSTAND, "data set cannot be parsed")
+                Outcome::refused(Refusal::Malformed, "data set cannot be parsed")
             }
             PrepareError::Header(HeaderError::Mismatch(reason)) => {
                 self.stats.rejected_mismatch.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sop_instance_uid = ?sop_instance, reason = ?reason, "data set does not match");
-                StoreOutcome::failure(status::DATA_SET_MISMATCH, reason)
+                Outcome::refused(Refusal::Mismatch, reason)
             }
             PrepareError::Spool(reason) => {
                 self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(sop_instance_uid = ?sop_instance, reason = ?reason, "spool write failed");
-                StoreOutcome::failure(status::OUT_OF_RESOURCES, "spool unavailable")
+                Outcome::refused(Refusal::Unavailable, "spool unavailable")
             }
         }
     }
@@ -381,7 +456,7 @@ fn stage_stream(
     budget: &Arc<MemoryBudget>,
     mut rx: tokio::sync::mpsc::Receiver<Chunk>,
 ) -> Result<Streamed, PrepareError> {
-    let spool_error = |e: crate::spool::SpoolError| PrepareError::Spool(e.to_string());
+    let spool_error = |e: crate::ingest::spool::SpoolError| PrepareError::Spool(e.to_string());
     let mut writer = Some(spool.stage_writer().map_err(spool_error)?);
     let mut failed: Option<PrepareError> = None;
     if let Some(w) = writer.as_mut()
@@ -438,24 +513,14 @@ fn stage_stream(
 impl StoreHandler for Ingest {
     type Sink = IngestSink;
 
-    fn begin(
-        &self,
-        command: &Command,
-        transfer_syntax: &str,
-        calling_ae_title: &str,
-    ) -> IngestSink {
+    fn begin(&self, received: &Received) -> IngestSink {
         let meta = header::file_preamble_and_meta(
-            command
-                .affected_sop_class_uid
-                .as_deref()
-                .unwrap_or_default(),
-            command
-                .affected_sop_instance_uid
-                .as_deref()
-                .unwrap_or_default(),
-            transfer_syntax,
-            calling_ae_title,
+            &received.sop_class_uid,
+            &received.sop_instance_uid,
+            &received.transfer_syntax,
+            &received.calling_ae_title,
         );
+        let transfer_syntax = received.transfer_syntax.as_str();
         let bytes = match meta {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -479,12 +544,8 @@ impl StoreHandler for Ingest {
         }
     }
 
-    fn store(
-        &self,
-        request: StoreRequest,
-        sink: IngestSink,
-    ) -> impl Future<Output = StoreOutcome> + Send {
-        self.store_request(request, sink)
+    fn store(&self, received: Received, sink: IngestSink) -> impl Future<Output = Outcome> + Send {
+        self.store_request(received, sink)
     }
 
     fn admits_associations(&self) -> bool {

@@ -18,12 +18,14 @@ use dicom_ul::pdu::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::dimse::{Command, MAX_COMMAND_BYTES, Response, command_field, status};
-use super::header::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use super::pdu::{PduError, PduStream};
-use super::{DataSink, ScpSettings, ScpStats, StoreHandler, StoreRequest, sop_classes};
-use crate::budget::MemoryBudget;
-use crate::config::{AllowedPeer, canonical_ip};
+use super::{ScpSettings, ScpStats};
+use crate::dicom::ae::{AllowedPeer, canonical_ip};
+use crate::dicom::dimse::{Command, MAX_COMMAND_BYTES, Response, command_field, status};
+use crate::dicom::header::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::dicom::pdu::{PduError, PduStream};
+use crate::dicom::sop_classes;
+use crate::ingest::budget::MemoryBudget;
+use crate::ingest::{DataSink, Outcome, Received, Refusal, StoreHandler};
 
 /// The DICOM application context (PS3.7 A.2.1).
 const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
@@ -378,8 +380,13 @@ impl<K: DataSink> Session<'_, K> {
                     .map_err(|e| End::Abort(format!("unreadable command: {e}")))?;
                 if command.has_data_set {
                     if command.field == command_field::C_STORE_RQ {
-                        message.sink =
-                            Some(handler.begin(&command, &transfer_syntax, &self.calling_ae));
+                        let received = received(
+                            &command,
+                            &transfer_syntax,
+                            (&self.calling_ae, &self.called_ae),
+                            self.peer,
+                        );
+                        message.sink = Some(handler.begin(&received));
                     }
                     message.command = Some(command);
                     return Ok(());
@@ -497,22 +504,50 @@ impl<K: DataSink> Session<'_, K> {
             return Response::to(&command, status::OUT_OF_RESOURCES)
                 .with_comment("data set was not kept");
         };
-        let request = StoreRequest {
-            command: command.clone(),
-            transfer_syntax,
-            calling_ae_title: self.calling_ae.clone(),
-            called_ae_title: self.called_ae.clone(),
-            peer: self.peer,
-        };
-        let outcome = handler.store(request, sink).await;
-        if outcome.status == status::SUCCESS {
-            self.stored += 1;
+        let received = received(
+            &command,
+            &transfer_syntax,
+            (&self.calling_ae, &self.called_ae),
+            self.peer,
+        );
+        match handler.store(received, sink).await {
+            Outcome::Stored | Outcome::Duplicate | Outcome::Restored => {
+                self.stored += 1;
+                Response::to(&command, status::SUCCESS)
+            }
+            Outcome::Refused { reason, detail } => {
+                Response::to(&command, dimse_status(reason)).with_comment(&detail)
+            }
         }
-        let response = Response::to(&command, outcome.status);
-        match &outcome.comment {
-            Some(c) => response.with_comment(c),
-            None => response,
-        }
+    }
+}
+
+/// The protocol-neutral description of the instance a C-STORE announces.
+fn received(
+    command: &Command,
+    transfer_syntax: &str,
+    (calling, called): (&str, &str),
+    peer: SocketAddr,
+) -> Received {
+    Received {
+        sop_class_uid: command.affected_sop_class_uid.clone().unwrap_or_default(),
+        sop_instance_uid: command
+            .affected_sop_instance_uid
+            .clone()
+            .unwrap_or_default(),
+        transfer_syntax: transfer_syntax.to_string(),
+        calling_ae_title: calling.to_string(),
+        called_ae_title: called.to_string(),
+        peer,
+    }
+}
+
+/// The C-STORE status of a refusal (PS3.4 Annex B).
+fn dimse_status(reason: Refusal) -> u16 {
+    match reason {
+        Refusal::Malformed => status::CANNOT_UNDERSTAND,
+        Refusal::Mismatch => status::DATA_SET_MISMATCH,
+        Refusal::OverLimit | Refusal::Unavailable => status::OUT_OF_RESOURCES,
     }
 }
 
@@ -570,7 +605,7 @@ mod tests {
 
     fn settings(allowed: Vec<AllowedPeer>) -> ScpSettings {
         ScpSettings {
-            ae_title: crate::config::AeTitle::parse("CXR").unwrap(),
+            ae_title: crate::dicom::ae::AeTitle::parse("CXR").unwrap(),
             allowed,
             max_associations: 4,
             max_associations_per_host: 4,
@@ -633,7 +668,7 @@ mod tests {
             )
         );
         let allowed = vec![AllowedPeer {
-            ae_title: crate::config::AeTitle::parse("MOD").unwrap(),
+            ae_title: crate::dicom::ae::AeTitle::parse("MOD").unwrap(),
             host: Some("10.0.0.1".parse().unwrap()),
         }];
         let s = settings(allowed);

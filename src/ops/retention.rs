@@ -21,8 +21,8 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-use crate::spool::{SpoolKey, Storage};
+use crate::ingest::spool::{SpoolKey, Storage};
+use crate::ops::metrics::Metrics;
 
 /// Instances handled per transaction.
 const BATCH: i64 = 200;

@@ -1,8 +1,6 @@
 //! The analysis pipeline: decode → eligibility → preprocess → infer (segment, classify) →
 //! measure. Plain blocking functions, to be run off the async threads (`spawn_blocking`).
 //!
-//! - [`guard`]: refuses files whose declared lengths exceed their data, before parsing.
-//! - [`codestream`]: codestream headers checked against Rows/Columns/bits before decoding.
 //! - [`decode`]: DICOM → stored values → grey image in [0, 1] (modality LUT, VOI, MONOCHROME1).
 //! - [`helper`]: decoding in a helper process with memory and time limits.
 //! - [`eligibility`]: chest CR/DX frontal views are analysed; the rest are skipped with a reason.
@@ -10,14 +8,12 @@
 //! - [`contract`]: the model contract, checked at load.
 //! - [`infer`]: ONNX Runtime sessions, execution providers, batched runs.
 //! - [`overlay`]: PNG pictures of masks and class maps.
-//! - [`analyse`]: the per-file flow, timings and serialisable results.
+//! - [`analyser`]: the per-file flow, timings and serialisable results.
 
-pub mod analyse;
-pub mod codestream;
+pub mod analyser;
 pub mod contract;
 pub mod decode;
 pub mod eligibility;
-pub mod guard;
 pub mod helper;
 pub mod infer;
 pub mod overlay;

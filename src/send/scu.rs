@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::Destination;
-use crate::scp::dimse::{command_field, status};
+use crate::dicom::dimse::{command_field, status};
 
 /// Network settings of the SCU.
 #[derive(Debug, Clone)]
@@ -517,7 +517,7 @@ mod tests {
     #[test]
     fn store_request_is_a_c_store_command() {
         let bytes = store_request(7, "1.2.840.10008.5.1.4.1.1.88.34", "1.2.3.4").unwrap();
-        let cmd = crate::scp::dimse::Command::parse(&bytes).unwrap();
+        let cmd = crate::dicom::dimse::Command::parse(&bytes).unwrap();
         assert_eq!(cmd.field, command_field::C_STORE_RQ);
         assert_eq!(cmd.message_id, 7);
         assert!(cmd.has_data_set);

@@ -151,7 +151,7 @@ fn check_header(
         ("Study Instance UID", &study_instance_uid),
         ("Series Instance UID", &series_instance_uid),
     ] {
-        if !crate::spool::is_valid_uid(uid) {
+        if !crate::dicom::uid::is_received_uid(uid) {
             return Err(HeaderError::Mismatch(format!(
                 "{name} {uid:?} is not a valid UID"
             )));

@@ -21,10 +21,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use sqlx::PgPool;
 
-use crate::budget::MemoryBudget;
-use crate::diskspace::SpoolSpace;
 use crate::ingest::IngestStats;
-use crate::scp::ScpStats;
+use crate::ingest::budget::MemoryBudget;
+use crate::ingest::diskspace::SpoolSpace;
+use crate::receive::ScpStats;
 
 /// The `Content-Type` of `/metrics` (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -169,6 +169,12 @@ impl Metrics {
         per_scrape.register_collector(Box::new(SnapshotCollector(snapshot.cloned())));
         prometheus_client::encoding::prometheus_text::encode(&mut out, &per_scrape)?;
         Ok(out)
+    }
+}
+
+impl crate::send::outbox::SendObserver for Metrics {
+    fn attempt(&self, destination: &str, outcome: &str) {
+        self.count_send(destination, outcome);
     }
 }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+use crate::analyse::contract::LABELS;
 use crate::config::DatabaseConfig;
-use crate::pipeline::contract::LABELS;
 
 /// How long an admin command waits for the database before it gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::analyse::{DecodeRequest, DecodedImage, decode_for_models};
+use super::analyser::{DecodeRequest, DecodedImage, decode_for_models};
 use super::decode::{DecodeLimits, GreyImage};
 
 const REQUEST_MAGIC: &[u8; 4] = b"CXRQ";
@@ -204,9 +204,9 @@ impl HelperProcess {
             .arg("--memory-limit-bytes")
             .arg(self.memory_limit_bytes.to_string())
             // the helper must not talk to systemd as if it were the service
-            .env_remove(crate::systemd::NOTIFY_SOCKET)
-            .env_remove(crate::systemd::WATCHDOG_USEC)
-            .env_remove(crate::systemd::WATCHDOG_PID)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             // few malloc arenas: each reserves address space counted by RLIMIT_AS
             .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::piped())
