@@ -413,7 +413,7 @@ async fn issue_report(
     let dir = s.archive_dir.clone();
     let built = Arc::new(built);
     let to_archive = built.clone();
-    let archive_path = tokio::task::spawn_blocking(move || outbox::archive_sr(&dir, &to_archive))
+    let archive_path = tokio::task::spawn_blocking(move || outbox::archive(&dir, &*to_archive))
         .await
         .map_err(|e| JobError::Report(e.to_string()))?
         .map_err(|e| JobError::Report(e.to_string()))?;
@@ -443,15 +443,9 @@ async fn issue_report(
     )
     .await?;
     let destinations = s.destinations.borrow().clone();
-    outbox::enqueue(
-        &mut tx,
-        study,
-        &built.sop_instance_uid,
-        &archive_path,
-        &destinations,
-    )
-    .await
-    .map_err(|e| JobError::Report(format!("cannot queue the SR: {e}")))?;
+    outbox::enqueue(&mut tx, &*built, &archive_path, &destinations)
+        .await
+        .map_err(|e| JobError::Report(format!("cannot queue the SR: {e}")))?;
     let completed = if failed {
         jobs::complete_unless_failed(&mut tx, job_id, &s.owner).await?
     } else {

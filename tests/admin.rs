@@ -400,7 +400,7 @@ async fn admin_commands_find_report_resend_and_reprocess() {
 
     // ---- resend: the delivered SR goes to the PACS again while the daemon runs
     let (sr1, outbox_id): (String, i64) =
-        sqlx::query_as("SELECT sr_sop_instance_uid, id FROM outbox WHERE study_instance_uid = $1")
+        sqlx::query_as("SELECT sop_instance_uid, id FROM outbox WHERE study_instance_uid = $1")
             .bind(&chest_study)
             .fetch_one(&pool)
             .await
@@ -413,7 +413,7 @@ async fn admin_commands_find_report_resend_and_reprocess() {
     wait_for(
         &pool,
         "SELECT count(*) FROM outbox_attempts a JOIN outbox o ON o.id = a.outbox_id
-         WHERE o.sr_sop_instance_uid = $1 AND a.outcome = 'sent'",
+         WHERE o.sop_instance_uid = $1 AND a.outcome = 'sent'",
         &sr1,
         2,
         Duration::from_secs(60),
@@ -459,7 +459,7 @@ async fn admin_commands_find_report_resend_and_reprocess() {
     let _d = Daemon::start_with(dir.clone(), config.clone());
     wait_for(
         &pool,
-        "SELECT count(*) FROM reports r JOIN outbox o USING (sr_sop_instance_uid)
+        "SELECT count(*) FROM reports r JOIN outbox o ON o.sop_instance_uid = r.sr_sop_instance_uid
          WHERE r.study_instance_uid = $1 AND r.instance_number = 2 AND o.state = 'sent'",
         &chest_study,
         1,

@@ -109,3 +109,53 @@ fn the_checker_sees_grouped_and_nested_paths() {
     let t = "use crate::{db, ops::metrics};\nlet x = crate::dicom::uid::is_received_uid(s); // crate::worker\n";
     assert_eq!(used_layers(t), vec!["db", "ops", "dicom"]);
 }
+
+/// Whether a line of code (comments dropped) runs or spells SQL.
+fn is_sql(line: &str) -> bool {
+    let code = line.split("//").next().unwrap_or("");
+    ["sqlx::query", "query_as(", "query_scalar(", "query_as::<"]
+        .iter()
+        .any(|p| code.contains(p))
+        || [
+            "\"SELECT ",
+            "\"INSERT INTO",
+            "\"UPDATE ",
+            "\"DELETE FROM",
+            "\"WITH ",
+        ]
+        .iter()
+        .any(|p| code.contains(p))
+}
+
+#[test]
+fn every_sql_statement_lives_in_db() {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut outside = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(&src).unwrap();
+        if rel.starts_with("db") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if is_sql(line) {
+                outside.push(format!("{}:{}: {}", rel.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        outside.is_empty(),
+        "SQL outside src/db:\n{}",
+        outside.join("\n")
+    );
+}
+
+#[test]
+fn the_sql_checker_sees_queries_and_statements() {
+    assert!(is_sql("let r = sqlx::query(\"x\")"));
+    assert!(is_sql("    \"SELECT id FROM jobs\","));
+    assert!(!is_sql("// sqlx::query in a comment"));
+    assert!(!is_sql("let x = 1;"));
+}

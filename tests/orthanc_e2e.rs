@@ -384,7 +384,7 @@ async fn daemon_killed_mid_job_restarts_and_sends_one_sr_per_study() {
     assert_eq!((state.as_str(), attempts), ("done", 2));
     let per_study: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT r.study_instance_uid, count(DISTINCT r.id), count(o.id)
-         FROM reports r JOIN outbox o ON o.sr_sop_instance_uid = r.sr_sop_instance_uid
+         FROM reports r JOIN outbox o ON o.sop_instance_uid = r.sr_sop_instance_uid
          GROUP BY r.study_instance_uid",
     )
     .fetch_all(&site.pool)

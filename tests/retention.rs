@@ -214,7 +214,7 @@ async fn retention_removes_delivered_studies_only() {
     assert!(d.spool_objects().join(&key).exists());
     wait_until(
         &pool,
-        "SELECT count(*) >= 2 FROM reports r JOIN outbox o ON o.sr_sop_instance_uid = r.sr_sop_instance_uid \
+        "SELECT count(*) >= 2 FROM reports r JOIN outbox o ON o.sop_instance_uid = r.sr_sop_instance_uid \
          WHERE r.study_instance_uid = $1 AND o.state = 'sent'",
         &a,
         Duration::from_secs(60),

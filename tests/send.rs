@@ -185,18 +185,16 @@ async fn migrated(db: &TestDb) -> PgPool {
     pool
 }
 
-/// archive_sr, then enqueue in a transaction, as the worker does.
+/// archive, then enqueue in a transaction, as the worker does.
 async fn archive_and_enqueue(
     pool: &PgPool,
     archive: &Path,
     sr: &BuiltReport,
     dests: &[Destination],
 ) -> PathBuf {
-    let path = outbox::archive_sr(archive, sr).unwrap();
+    let path = outbox::archive(archive, sr).unwrap();
     let mut tx = pool.begin().await.unwrap();
-    let n = outbox::enqueue(&mut tx, &study_uid(sr), &sr.sop_instance_uid, &path, dests)
-        .await
-        .unwrap();
+    let n = outbox::enqueue(&mut tx, sr, &path, dests).await.unwrap();
     assert_eq!(n, dests.len() as u64);
     tx.commit().await.unwrap();
     path
@@ -300,7 +298,7 @@ async fn sr_reaches_storescp_intact_through_the_outbox() {
 
     // enqueueing the same SR again is a no-op
     let mut tx = pool.begin().await.unwrap();
-    let again = outbox::enqueue(&mut tx, &study, &sr.sop_instance_uid, &archived, &dests)
+    let again = outbox::enqueue(&mut tx, &sr, &archived, &dests)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -558,7 +556,7 @@ async fn expired_lease_is_taken_over_and_a_live_lease_is_respected() {
     ] {
         sqlx::query(
             "UPDATE outbox SET state = 'sending', lease_owner = $2, attempts = 1, \
-             lease_expires_at = now() + $3::interval WHERE sr_sop_instance_uid = $1",
+             lease_expires_at = now() + $3::interval WHERE sop_instance_uid = $1",
         )
         .bind(&sr.sop_instance_uid)
         .bind(owner)
@@ -571,7 +569,7 @@ async fn expired_lease_is_taken_over_and_a_live_lease_is_respected() {
     let study = study_uid(&crashed);
     wait_rows(&pool, &study, Duration::from_secs(20), |r| {
         r.iter()
-            .any(|x| x.sr_sop_instance_uid == crashed.sop_instance_uid && x.state == "sent")
+            .any(|x| x.sop_instance_uid == crashed.sop_instance_uid && x.state == "sent")
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -579,7 +577,7 @@ async fn expired_lease_is_taken_over_and_a_live_lease_is_respected() {
     let r = rows(&pool, &study).await;
     let c = r
         .iter()
-        .find(|x| x.sr_sop_instance_uid == crashed.sop_instance_uid)
+        .find(|x| x.sop_instance_uid == crashed.sop_instance_uid)
         .unwrap();
     assert_eq!(c.attempts, 2);
     let a = attempts(&pool, c.id).await;
@@ -587,7 +585,7 @@ async fn expired_lease_is_taken_over_and_a_live_lease_is_respected() {
     assert_ne!(a[0].lease_owner, "crashed");
     let b = r
         .iter()
-        .find(|x| x.sr_sop_instance_uid == alive.sop_instance_uid)
+        .find(|x| x.sop_instance_uid == alive.sop_instance_uid)
         .unwrap();
     assert_eq!(
         (b.state.as_str(), b.lease_owner.as_deref()),

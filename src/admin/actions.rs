@@ -6,7 +6,7 @@
 //!   counted; the `outbox_attempts` history stays); a destination without a row for this SR (one
 //!   added to the configuration since) gets a new row; a row already `queued` or `sending` is left
 //!   alone. Older SRs of the study are not sent again: the latest supersedes them. This extends
-//!   `outbox::requeue`, which requeues `failed` rows only.
+//!   `db::outbox::requeue_failed`, which requeues `failed` rows only.
 //! - reprocess: a `reprocess` job; a worker analyses every instance of the study again with the
 //!   models it runs now and sends a revised SR that names its predecessor.
 
@@ -18,7 +18,9 @@ use sqlx::PgPool;
 
 use super::{AdminError, study_exists};
 use crate::config::Destination;
-use crate::send::outbox::CHANNEL;
+use crate::db;
+use crate::report::OutputKind;
+use crate::report::sr::SR_SOP_CLASS_UID;
 
 /// What resend did for one destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,58 +68,31 @@ pub async fn resend(
         return Err(AdminError::NoDestinations);
     }
     let mut tx = pool.begin().await?;
-    let latest: Option<(String, i32, String)> = sqlx::query_as(
-        "SELECT sr_sop_instance_uid, instance_number, archive_path FROM reports
-         WHERE study_instance_uid = $1 ORDER BY id DESC LIMIT 1",
-    )
-    .bind(study)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((sr, instance_number, archive_path)) = latest else {
+    let Some(latest) = db::analysis::latest_report(&mut *tx, study).await? else {
         return Err(AdminError::NoReport(study.to_string()));
+    };
+    let (sr, instance_number, archive_path) = (
+        latest.sr_sop_instance_uid,
+        latest.instance_number,
+        latest.archive_path,
+    );
+    let new = db::outbox::NewOutput {
+        kind: OutputKind::Sr.as_str(),
+        study_instance_uid: study,
+        sop_class_uid: SR_SOP_CLASS_UID,
+        sop_instance_uid: &sr,
+        archive_path: &archive_path,
     };
     let mut rows = Vec::with_capacity(destinations.len());
     for d in destinations {
-        let previous: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM outbox WHERE sr_sop_instance_uid = $1 AND destination_name = $2
-             FOR UPDATE",
-        )
-        .bind(&sr)
-        .bind(&d.name)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let previous = db::outbox::lock_state(&mut tx, &sr, &d.name).await?;
         let action = match previous.as_deref() {
             None => {
-                sqlx::query(
-                    "INSERT INTO outbox (study_instance_uid, sr_sop_instance_uid, destination_name,
-                         destination_ae_title, destination_host, destination_port, archive_path)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(study)
-                .bind(&sr)
-                .bind(&d.name)
-                .bind(d.ae_title.as_str())
-                .bind(&d.host)
-                .bind(i32::from(d.port))
-                .bind(&archive_path)
-                .execute(&mut *tx)
-                .await?;
+                db::outbox::insert(&mut tx, &new, d).await?;
                 ResendAction::Queued
             }
             Some("sent" | "failed") => {
-                sqlx::query(
-                    "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at = now(),
-                         requeued_count = requeued_count + 1, destination_ae_title = $3,
-                         destination_host = $4, destination_port = $5, updated_at = now()
-                     WHERE sr_sop_instance_uid = $1 AND destination_name = $2",
-                )
-                .bind(&sr)
-                .bind(&d.name)
-                .bind(d.ae_title.as_str())
-                .bind(&d.host)
-                .bind(i32::from(d.port))
-                .execute(&mut *tx)
-                .await?;
+                db::outbox::requeue(&mut tx, &sr, d).await?;
                 ResendAction::Requeued
             }
             Some(_) => ResendAction::AlreadyPending,
@@ -132,10 +107,7 @@ pub async fn resend(
         .iter()
         .any(|r| r.action != ResendAction::AlreadyPending)
     {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(&mut *tx)
-            .await?;
+        db::outbox::notify(&mut tx).await?;
     }
     tx.commit().await?;
     Ok(Resend {
@@ -195,18 +167,10 @@ pub async fn reprocess(pool: &PgPool, study: &str) -> Result<Reprocess, AdminErr
         return Err(AdminError::UnknownStudy(study.to_string()));
     }
     let job_id = open_reprocess_job(pool, study).await?;
-    let instances: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM instances WHERE study_instance_uid = $1")
-            .bind(study)
-            .fetch_one(pool)
-            .await?;
-    let current_report = sqlx::query_as(
-        "SELECT instance_number, sr_sop_instance_uid FROM reports
-         WHERE study_instance_uid = $1 ORDER BY id DESC LIMIT 1",
-    )
-    .bind(study)
-    .fetch_optional(pool)
-    .await?;
+    let instances = db::instances::count_for_study(pool, study).await?;
+    let current_report = db::analysis::latest_report(pool, study)
+        .await?
+        .map(|r| (r.instance_number, r.sr_sop_instance_uid));
     Ok(Reprocess {
         study_instance_uid: study.to_string(),
         job_id,
@@ -238,31 +202,17 @@ impl Reprocess {
 /// statements makes room: try again.
 async fn open_reprocess_job(pool: &PgPool, study: &str) -> Result<i64, AdminError> {
     for _ in 0..3 {
-        let created: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO jobs (study_instance_uid, kind) VALUES ($1, 'reprocess')
-             ON CONFLICT (study_instance_uid) WHERE state IN ('queued', 'running') DO NOTHING
-             RETURNING id",
-        )
-        .bind(study)
-        .fetch_optional(pool)
-        .await?;
-        if let Some(id) = created {
-            return Ok(id);
-        }
-        let open: Option<(i64, String, String)> = sqlx::query_as(
-            "SELECT id, kind, state FROM jobs
-             WHERE study_instance_uid = $1 AND state IN ('queued', 'running')",
-        )
-        .bind(study)
-        .fetch_optional(pool)
-        .await?;
-        if let Some((id, kind, state)) = open {
-            return Err(AdminError::JobOpen {
-                study: study.to_string(),
-                id,
-                kind,
-                state,
-            });
+        match db::jobs::open_reprocess(pool, study).await? {
+            db::jobs::Reprocess::Queued(id) => return Ok(id),
+            db::jobs::Reprocess::Open { id, kind, state } => {
+                return Err(AdminError::JobOpen {
+                    study: study.to_string(),
+                    id,
+                    kind,
+                    state,
+                });
+            }
+            db::jobs::Reprocess::Raced => {}
         }
     }
     Err(AdminError::Invalid {

@@ -155,21 +155,7 @@ pub async fn check_database(cfg: &Config, timeout: Duration) -> Check {
     let target = super::describe_target(&options);
     let connect = async {
         let mut conn = sqlx::PgConnection::connect_with(&options).await?;
-        let version: String = sqlx::query_scalar("SHOW server_version")
-            .fetch_one(&mut conn)
-            .await?;
-        let migrated: bool =
-            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                .fetch_one(&mut conn)
-                .await?;
-        let applied: i64 = if migrated {
-            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&mut conn)
-                .await?
-        } else {
-            0
-        };
-        Ok::<_, sqlx::Error>((version, applied))
+        crate::db::server_info(&mut conn).await
     };
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok((version, applied))) => {

@@ -11,10 +11,11 @@ use std::io::Write;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use sqlx::types::Json;
 
 use super::output::{Table, csv_record};
 use super::{AdminError, Format};
+use crate::db;
+use crate::db::studies::StudyRow;
 
 /// Which studies `--state` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -146,27 +147,8 @@ pub struct FindingRow {
     pub delivery: BTreeMap<String, i64>,
 }
 
-#[derive(sqlx::FromRow)]
-struct Raw {
-    study_date: Option<NaiveDate>,
-    accession_number: Option<String>,
-    patient_id: Option<String>,
-    study_instance_uid: String,
-    label: Option<String>,
-    max_probability: Option<f32>,
-    threshold: Option<f32>,
-    present: Option<bool>,
-    images: Option<i64>,
-    instances: Option<Json<BTreeMap<String, i64>>>,
-    report_kind: Option<String>,
-    report_instance_number: Option<i32>,
-    sr_sop_instance_uid: Option<String>,
-    reported_at: Option<DateTime<Utc>>,
-    delivery: Option<Json<BTreeMap<String, i64>>>,
-}
-
-impl From<Raw> for FindingRow {
-    fn from(r: Raw) -> Self {
+impl From<StudyRow> for FindingRow {
+    fn from(r: StudyRow) -> Self {
         let report = match (
             r.report_kind,
             r.report_instance_number,
@@ -200,85 +182,21 @@ impl From<Raw> for FindingRow {
     }
 }
 
-/// The studies the filter selects (newest study date first, undated last), one row per label.
-const QUERY: &str = r#"
-WITH sel AS (
-    SELECT s.study_instance_uid, s.study_date, s.accession_number, s.patient_id,
-           s.first_received_at, r.kind AS report_kind, r.instance_number AS report_instance_number,
-           r.sr_sop_instance_uid, r.created_at AS reported_at,
-           (SELECT jsonb_object_agg(state, n) FROM (
-                SELECT state, count(*) AS n FROM instances i
-                WHERE i.study_instance_uid = s.study_instance_uid GROUP BY state) x) AS instances,
-           (SELECT jsonb_object_agg(state, n) FROM (
-                SELECT state, count(*) AS n FROM outbox o
-                WHERE o.sr_sop_instance_uid = r.sr_sop_instance_uid GROUP BY state) y) AS delivery
-    FROM studies s
-    LEFT JOIN LATERAL (SELECT * FROM reports r WHERE r.study_instance_uid = s.study_instance_uid
-                       ORDER BY r.id DESC LIMIT 1) r ON true
-    WHERE ($1::date IS NULL OR s.study_date >= $1)
-      AND ($2::date IS NULL OR s.study_date <= $2)
-      AND ($3::text IS NULL OR s.accession_number = $3)
-      AND ($4::text IS NULL OR s.patient_id = $4)
-      AND (NOT $8 OR EXISTS (
-            SELECT 1 FROM findings f WHERE f.study_instance_uid = s.study_instance_uid
-              AND ($5::text IS NULL OR f.label = $5)
-              AND ($6::real IS NULL OR f.probability >= $6)
-              AND (NOT $7 OR f.present)))
-      AND ($9::text IS NULL OR CASE $9::text
-            WHEN 'unreported' THEN r.id IS NULL
-            WHEN 'not-analysed' THEN r.kind = 'not_analysed'
-            WHEN 'undelivered' THEN EXISTS (SELECT 1 FROM outbox o
-                WHERE o.sr_sop_instance_uid = r.sr_sop_instance_uid AND o.state <> 'sent')
-            WHEN 'send-failed' THEN EXISTS (SELECT 1 FROM outbox o
-                WHERE o.sr_sop_instance_uid = r.sr_sop_instance_uid AND o.state = 'failed')
-            WHEN 'delivered' THEN EXISTS (SELECT 1 FROM outbox o
-                WHERE o.sr_sop_instance_uid = r.sr_sop_instance_uid)
-                AND NOT EXISTS (SELECT 1 FROM outbox o
-                WHERE o.sr_sop_instance_uid = r.sr_sop_instance_uid AND o.state <> 'sent')
-            ELSE EXISTS (SELECT 1 FROM instances i
-                WHERE i.study_instance_uid = s.study_instance_uid AND i.state = $9)
-          END)
-    ORDER BY s.study_date DESC NULLS LAST, s.first_received_at DESC, s.study_instance_uid
-    LIMIT $10
-)
-SELECT sel.study_date, sel.accession_number, sel.patient_id, sel.study_instance_uid,
-       sf.label, sf.max_probability, sf.threshold, sf.present, sf.images, sel.instances,
-       sel.report_kind, sel.report_instance_number, sel.sr_sop_instance_uid, sel.reported_at,
-       sel.delivery
-FROM sel
-LEFT JOIN LATERAL (
-    SELECT f.label, min(f.label_index) AS label_index, max(f.probability) AS max_probability,
-           max(f.threshold) AS threshold, bool_or(f.present) AS present, count(*) AS images
-    FROM findings f WHERE f.study_instance_uid = sel.study_instance_uid
-    GROUP BY f.label
-    HAVING ($5::text IS NULL OR f.label = $5)
-       AND ($6::real IS NULL OR max(f.probability) >= $6)
-       AND (NOT $7 OR bool_or(f.present))) sf ON true
-WHERE sf.label IS NOT NULL OR NOT $8
-ORDER BY sel.study_date DESC NULLS LAST, sel.first_received_at DESC, sel.study_instance_uid,
-         sf.label_index NULLS FIRST
-"#;
-
 /// Run the query.
 pub async fn query(pool: &PgPool, f: &Filter) -> Result<Vec<FindingRow>, AdminError> {
-    let limit = if f.limit == 0 {
-        i64::MAX
-    } else {
-        i64::from(f.limit)
+    let search = db::studies::Search {
+        from: f.from,
+        to: f.to,
+        accession: f.accession.as_deref(),
+        patient_id: f.patient_id.as_deref(),
+        label: f.label,
+        min_probability: f.min_probability,
+        present_only: f.present_only,
+        wants_findings: f.wants_findings(),
+        state: f.state.map(StudyState::as_str),
+        limit: f.limit,
     };
-    let rows: Vec<Raw> = sqlx::query_as(QUERY)
-        .bind(f.from)
-        .bind(f.to)
-        .bind(f.accession.as_deref())
-        .bind(f.patient_id.as_deref())
-        .bind(f.label)
-        .bind(f.min_probability)
-        .bind(f.present_only)
-        .bind(f.wants_findings())
-        .bind(f.state.map(StudyState::as_str))
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
+    let rows = db::studies::search(pool, &search).await?;
     Ok(rows.into_iter().map(FindingRow::from).collect())
 }
 

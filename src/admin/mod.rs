@@ -180,11 +180,7 @@ pub async fn connect(cfg: &DatabaseConfig, timeout: Duration) -> Result<PgPool, 
         "reports",
         "outbox",
     ] {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(table)
-            .fetch_one(&pool)
-            .await?;
-        if !exists {
+        if !crate::db::table_exists(&pool, table).await? {
             return Err(AdminError::Schema { target, table });
         }
     }
@@ -193,12 +189,7 @@ pub async fn connect(cfg: &DatabaseConfig, timeout: Duration) -> Result<PgPool, 
 
 /// Whether a study was ever received.
 pub async fn study_exists(pool: &PgPool, study: &str) -> Result<bool, AdminError> {
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM studies WHERE study_instance_uid = $1)")
-            .bind(study)
-            .fetch_one(pool)
-            .await?,
-    )
+    Ok(crate::db::studies::exists(pool, study).await?)
 }
 
 /// The canonical spelling of one of the 14 labels, matched case-insensitively

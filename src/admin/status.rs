@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use super::output::{Table, human_age};
 use super::{AdminError, Format};
 use crate::config::Destination;
+use crate::db;
 
 /// The whole picture, as printed.
 #[derive(Debug, Clone, Serialize)]
@@ -19,7 +20,7 @@ pub struct Status {
     pub generated_at: DateTime<Utc>,
     /// Jobs by state (queued, running, done, failed), zeros included.
     pub jobs: BTreeMap<String, i64>,
-    /// The queued job waiting longest, if any.
+    /// The job waiting longest for a worker, if any (`db::jobs::WaitingJob`).
     pub oldest_queued: Option<QueuedJob>,
     /// Jobs a worker holds now.
     pub running: Vec<RunningJob>,
@@ -31,67 +32,8 @@ pub struct Status {
     pub destinations: Vec<DestinationStatus>,
 }
 
-/// A job waiting in the queue.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct QueuedJob {
-    pub id: i64,
-    pub study_instance_uid: String,
-    pub kind: String,
-    pub attempts: i32,
-    pub created_at: DateTime<Utc>,
-    /// Seconds since it was queued.
-    pub age_secs: f64,
-    /// Due at (later than now while it waits for a retry).
-    pub run_after: DateTime<Utc>,
-    pub last_error: Option<String>,
-}
-
-/// A job a worker holds.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct RunningJob {
-    pub id: i64,
-    pub study_instance_uid: String,
-    pub kind: String,
-    pub attempts: i32,
-    /// host:pid:n of the worker.
-    pub lease_owner: Option<String>,
-    pub lease_expires_at: Option<DateTime<Utc>>,
-    /// Seconds since it was taken.
-    pub running_secs: f64,
-}
-
-/// One row of the `failures` view.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct Failure {
-    /// instance | job.
-    pub what: String,
-    pub study_instance_uid: String,
-    /// SOP Instance UID or job id.
-    pub id: String,
-    pub state: String,
-    pub reason: Option<String>,
-    pub at: DateTime<Utc>,
-}
-
-/// The outbox towards one destination.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct DestinationStatus {
-    pub name: String,
-    /// AE title, host and port as last recorded (or as configured, without rows).
-    pub address: String,
-    /// In this configuration's `[[destinations]]`; false: only old rows name it.
-    pub configured: bool,
-    pub queued: i64,
-    pub sending: i64,
-    pub sent: i64,
-    pub failed: i64,
-    /// The most recent error, and when.
-    pub last_error: Option<String>,
-    pub last_error_at: Option<DateTime<Utc>>,
-    /// The next due attempt of a queued row.
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    pub last_sent_at: Option<DateTime<Utc>>,
-}
+pub use crate::db::jobs::{RunningJob, WaitingJob as QueuedJob};
+pub use crate::db::stats::{DestinationStatus, Failure};
 
 /// Gather the status; `failures` bounds the failure list.
 pub async fn gather(
@@ -99,48 +41,14 @@ pub async fn gather(
     destinations: &[Destination],
     failures: u32,
 ) -> Result<Status, AdminError> {
-    let mut jobs: BTreeMap<String, i64> = ["queued", "running", "done", "failed"]
-        .iter()
-        .map(|s| (s.to_string(), 0))
+    let jobs = db::jobs::count_by_state(pool).await?.into_iter().collect();
+    let oldest_queued = db::jobs::oldest_waiting(pool).await?;
+    let running = db::jobs::running(pool).await?;
+    let instances_last_24h = db::stats::instances_last_24h(pool)
+        .await?
+        .into_iter()
         .collect();
-    let by_state: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
-            .fetch_all(pool)
-            .await?;
-    jobs.extend(by_state);
-    let oldest_queued = sqlx::query_as(
-        "SELECT id, study_instance_uid, kind, attempts, created_at,
-                extract(epoch FROM now() - created_at)::float8 AS age_secs, run_after, last_error
-         FROM jobs WHERE state = 'queued' ORDER BY created_at, id LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    let running = sqlx::query_as(
-        "SELECT id, study_instance_uid, kind, attempts, lease_owner, lease_expires_at,
-                extract(epoch FROM now() - updated_at)::float8 AS running_secs
-         FROM jobs WHERE state = 'running' ORDER BY updated_at, id",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut instances_last_24h: BTreeMap<String, i64> =
-        ["received", "analysing", "analysed", "skipped", "failed"]
-            .iter()
-            .map(|s| (s.to_string(), 0))
-            .collect();
-    let inst: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT state, count(*) FROM instances WHERE received_at >= now() - interval '24 hours'
-         GROUP BY state",
-    )
-    .fetch_all(pool)
-    .await?;
-    instances_last_24h.extend(inst);
-    let failures = sqlx::query_as(
-        "SELECT what, study_instance_uid, id, state, reason, at FROM failures
-         ORDER BY at DESC LIMIT $1",
-    )
-    .bind(i64::from(failures))
-    .fetch_all(pool)
-    .await?;
+    let failures = db::stats::latest_failures(pool, failures).await?;
     let destinations = outbox_by_destination(pool, destinations).await?;
     Ok(Status {
         generated_at: Utc::now(),
@@ -158,29 +66,7 @@ async fn outbox_by_destination(
     configured: &[Destination],
 ) -> Result<Vec<DestinationStatus>, AdminError> {
     let names: Vec<String> = configured.iter().map(|d| d.name.clone()).collect();
-    let mut rows: Vec<DestinationStatus> = sqlx::query_as(
-        "SELECT o.destination_name AS name,
-                (array_agg(o.destination_ae_title || '@' || o.destination_host || ':' ||
-                           o.destination_port ORDER BY o.id DESC))[1] AS address,
-                o.destination_name = ANY($1) AS configured,
-                count(*) FILTER (WHERE o.state = 'queued') AS queued,
-                count(*) FILTER (WHERE o.state = 'sending') AS sending,
-                count(*) FILTER (WHERE o.state = 'sent') AS sent,
-                count(*) FILTER (WHERE o.state = 'failed') AS failed,
-                e.last_error, e.last_error_at,
-                min(o.next_attempt_at) FILTER (WHERE o.state = 'queued') AS next_attempt_at,
-                max(o.sent_at) AS last_sent_at
-         FROM outbox o
-         LEFT JOIN LATERAL (
-             SELECT a.error AS last_error, a.finished_at AS last_error_at
-             FROM outbox_attempts a JOIN outbox o2 ON o2.id = a.outbox_id
-             WHERE o2.destination_name = o.destination_name AND a.error IS NOT NULL
-             ORDER BY a.finished_at DESC LIMIT 1) e ON true
-         GROUP BY o.destination_name, e.last_error, e.last_error_at",
-    )
-    .bind(&names)
-    .fetch_all(pool)
-    .await?;
+    let mut rows = db::stats::outbox_by_destination(pool, &names).await?;
     // configured destinations first, in configuration order; those without rows show zeros
     let mut out = Vec::with_capacity(rows.len() + configured.len());
     for d in configured {

@@ -240,15 +240,22 @@ pub struct ReportRow {
     pub sr_series_instance_uid: String,
     pub instance_number: i32,
     pub kind: String,
+    /// The SR in the archive.
+    pub archive_path: String,
 }
 
-pub async fn latest_report(pool: &PgPool, study: &str) -> Result<Option<ReportRow>, sqlx::Error> {
+/// A study's latest report (its newest revision), if any; on a pool or inside a transaction.
+pub async fn latest_report<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    study: &str,
+) -> Result<Option<ReportRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, sr_sop_instance_uid, sr_series_instance_uid, instance_number, kind
+        "SELECT id, sr_sop_instance_uid, sr_series_instance_uid, instance_number, kind,
+                archive_path
          FROM reports WHERE study_instance_uid = $1 ORDER BY id DESC LIMIT 1",
     )
     .bind(study)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 

@@ -133,3 +133,60 @@ pub async fn restore(
     .await?;
     Ok(())
 }
+
+/// How many instances of a study were received.
+pub async fn count_for_study(pool: &sqlx::PgPool, study: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM instances WHERE study_instance_uid = $1")
+        .bind(study)
+        .fetch_one(pool)
+        .await
+}
+
+/// Up to `limit` spooled instances whose files retention may remove, locked for the caller's
+/// transaction: `(sop_instance_uid, spool_key, size_bytes)`, oldest first. An instance
+/// qualifies once its study's latest report covers it (analysed or skipped before the report),
+/// no job of the study is open, that report reached every destination, and its last delivery is
+/// older than `keep`. `SKIP LOCKED`: several daemons on one database share the work, and a row
+/// being analysed (locked by a worker's update) waits for the next pass.
+pub async fn purge_candidates(
+    tx: &mut Transaction<'_, Postgres>,
+    keep: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.sop_instance_uid, i.spool_key, i.size_bytes
+         FROM instances i
+         JOIN LATERAL (SELECT r.sr_sop_instance_uid, r.created_at FROM reports r
+                       WHERE r.study_instance_uid = i.study_instance_uid
+                       ORDER BY r.id DESC LIMIT 1) r ON true
+         WHERE i.purged_at IS NULL
+           AND i.state IN ('analysed', 'skipped')
+           AND i.state_changed_at <= r.created_at
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_instance_uid = i.study_instance_uid
+                           AND j.state IN ('queued', 'running'))
+           AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sop_instance_uid = r.sr_sop_instance_uid
+                           AND o.state <> 'sent')
+           AND (SELECT max(o.sent_at) FROM outbox o
+                WHERE o.sop_instance_uid = r.sr_sop_instance_uid)
+               <= now() - make_interval(secs => $1)
+         ORDER BY i.received_at
+         LIMIT $2
+         FOR UPDATE OF i SKIP LOCKED",
+    )
+    .bind(keep.as_secs_f64())
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Record that these instances' files are gone.
+pub async fn mark_purged(
+    tx: &mut Transaction<'_, Postgres>,
+    sop_instance_uids: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE instances SET purged_at = now() WHERE sop_instance_uid = ANY($1)")
+        .bind(sop_instance_uids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

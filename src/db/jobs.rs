@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 /// A job taken by this worker.
@@ -222,4 +223,133 @@ pub async fn complete_unless_failed(
         return Ok(true);
     }
     complete(tx, id, owner).await
+}
+
+// ---- what operators see of the queue ----------------------------------------------------------
+
+/// The job that has waited longest for a worker. This is the one meaning of "oldest job" that
+/// the metric (`cxr_queue_oldest_age_seconds`), `/readyz` and `cxr-worker status` share: a queued
+/// job waits from the moment it became due (`run_after`: a job backing off before its retry is
+/// not waiting), a running job whose lease expired (its worker died) from that expiry.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct WaitingJob {
+    pub id: i64,
+    pub study_instance_uid: String,
+    pub kind: String,
+    /// `queued`, or `running` with an expired lease.
+    pub state: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    /// When it became due (or its lease expired).
+    pub waiting_since: DateTime<Utc>,
+    /// Seconds since `waiting_since`.
+    pub age_secs: f64,
+    pub run_after: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+/// The job waiting longest for a worker, if any (see [`WaitingJob`]).
+pub async fn oldest_waiting(pool: &PgPool) -> Result<Option<WaitingJob>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, study_instance_uid, kind, state, attempts, created_at, run_after, last_error,
+                since AS waiting_since, EXTRACT(EPOCH FROM now() - since)::float8 AS age_secs
+         FROM (SELECT *, CASE WHEN state = 'queued' THEN run_after ELSE lease_expires_at END
+                         AS since
+               FROM jobs
+               WHERE (state = 'queued' AND run_after <= now())
+                  OR (state = 'running' AND lease_expires_at < now())) w
+         ORDER BY since, id LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// Seconds since any job last changed state other than being queued (a worker took, finished,
+/// retried or failed one); `None` when none ever did.
+pub async fn seconds_since_progress(pool: &PgPool) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT (EXTRACT(EPOCH FROM now() - max(updated_at)))::float8 FROM jobs
+         WHERE state <> 'queued'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Jobs by state, every state of `jobs.state` present (zeros included), in the order
+/// queued, running, done, failed.
+pub async fn count_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
+            .fetch_all(pool)
+            .await?;
+    Ok(super::every_state(
+        rows,
+        &["queued", "running", "done", "failed"],
+    ))
+}
+
+/// A job a worker holds.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct RunningJob {
+    pub id: i64,
+    pub study_instance_uid: String,
+    pub kind: String,
+    pub attempts: i32,
+    /// host:pid:n of the worker.
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Seconds since it was taken.
+    pub running_secs: f64,
+}
+
+/// The jobs workers hold now, longest-running first.
+pub async fn running(pool: &PgPool) -> Result<Vec<RunningJob>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, study_instance_uid, kind, attempts, lease_owner, lease_expires_at,
+                extract(epoch FROM now() - updated_at)::float8 AS running_secs
+         FROM jobs WHERE state = 'running' ORDER BY updated_at, id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// What [`open_reprocess`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reprocess {
+    /// A `reprocess` job was queued: its id.
+    Queued(i64),
+    /// The study has an open job: its id, kind and state.
+    Open {
+        id: i64,
+        kind: String,
+        state: String,
+    },
+    /// The open job closed between the two statements: try again.
+    Raced,
+}
+
+/// Queue a `reprocess` job for a study unless one of its jobs is open.
+pub async fn open_reprocess(pool: &PgPool, study: &str) -> Result<Reprocess, sqlx::Error> {
+    let created: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO jobs (study_instance_uid, kind) VALUES ($1, 'reprocess')
+         ON CONFLICT (study_instance_uid) WHERE state IN ('queued', 'running') DO NOTHING
+         RETURNING id",
+    )
+    .bind(study)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(id) = created {
+        return Ok(Reprocess::Queued(id));
+    }
+    let open: Option<(i64, String, String)> = sqlx::query_as(
+        "SELECT id, kind, state FROM jobs
+         WHERE study_instance_uid = $1 AND state IN ('queued', 'running')",
+    )
+    .bind(study)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match open {
+        Some((id, kind, state)) => Reprocess::Open { id, kind, state },
+        None => Reprocess::Raced,
+    })
 }

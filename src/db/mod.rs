@@ -4,6 +4,9 @@
 pub mod analysis;
 pub mod instances;
 pub mod jobs;
+pub mod outbox;
+pub mod stats;
+pub mod studies;
 
 use std::time::Duration;
 
@@ -43,4 +46,46 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<PgPool, DbError> {
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
+}
+
+/// Whether the database answers a trivial query.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}
+
+/// Whether a table (or view) exists.
+pub async fn table_exists(pool: &PgPool, table: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+}
+
+/// The server's version and how many of our migrations it has applied (0 before the first).
+pub async fn server_info(conn: &mut sqlx::PgConnection) -> Result<(String, i64), sqlx::Error> {
+    let version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    let applied = if migrated {
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&mut *conn)
+            .await?
+    } else {
+        0
+    };
+    Ok((version, applied))
+}
+
+/// `(state, count)` rows completed with every state in `states` (zeros included), in that order.
+fn every_state(rows: Vec<(String, i64)>, states: &[&str]) -> Vec<(String, i64)> {
+    states
+        .iter()
+        .map(|s| {
+            let n = rows.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+            (s.to_string(), n)
+        })
+        .collect()
 }

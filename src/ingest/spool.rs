@@ -36,6 +36,8 @@ pub enum SpoolError {
     },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
+    #[error("cannot remove {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
     #[error("invalid spool key {0:?}")]
     InvalidKey(String),
 }
@@ -107,8 +109,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Whether a published object exists under `key` (an unreadable spool counts as yes: the
     /// answer decides whether to store a copy again, never whether to drop one).
     fn exists(&self, key: &SpoolKey) -> bool;
-    /// A local path for a published object, where the backend has one (for tools such as DCMTK).
-    fn local_path(&self, key: &SpoolKey) -> Option<PathBuf>;
+    /// Remove a published object (retention); one already gone counts as removed.
+    fn remove(&self, key: &SpoolKey) -> Result<(), SpoolError>;
     /// Remove staged leftovers of an earlier crash; returns how many were removed.
     fn sweep_staged(&self) -> Result<usize, SpoolError>;
 }
@@ -182,6 +184,44 @@ impl LocalSpool {
     fn path_of(&self, key: &SpoolKey) -> PathBuf {
         self.objects.join(key.as_str())
     }
+}
+
+/// Write `bytes` durably as `root/KEY` (a directory laid out as the spool's objects, such as the
+/// output archive): a temporary file beside the target, fsync, rename over any earlier version,
+/// directory fsync; a new study directory is created and `root` synced first. The same order as
+/// [`LocalSpool`]'s stage and publish. Blocking. Returns the path written.
+pub fn write_durably(root: &Path, key: &SpoolKey, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+    let target = root.join(key.as_str());
+    let Some(dir) = target.parent() else {
+        return Err(SpoolError::InvalidKey(key.as_str().to_string()));
+    };
+    if !dir.is_dir() {
+        fs::create_dir_all(dir).map_err(|source| SpoolError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        sync_dir(root)?;
+    }
+    let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+    let write = || -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(source) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(SpoolError::Write { path: tmp, source });
+    }
+    if let Err(source) = fs::rename(&tmp, &target) {
+        let _ = fs::remove_file(&tmp);
+        return Err(SpoolError::Publish {
+            from: tmp,
+            to: target,
+            source,
+        });
+    }
+    sync_dir(dir)?;
+    Ok(target)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -437,8 +477,14 @@ impl Storage for LocalSpool {
         }
     }
 
-    fn local_path(&self, key: &SpoolKey) -> Option<PathBuf> {
-        Some(self.path_of(key))
+    fn remove(&self, key: &SpoolKey) -> Result<(), SpoolError> {
+        let path = self.path_of(key);
+        match fs::remove_file(&path) {
+            Err(source) if source.kind() != io::ErrorKind::NotFound => {
+                Err(SpoolError::Remove { path, source })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn sweep_staged(&self) -> Result<usize, SpoolError> {

@@ -7,7 +7,7 @@
 //!   heartbeats gate the systemd watchdog.
 //! - `/readyz`: 200 only when every check passes, 503 otherwise; the JSON body has each check
 //!   with `ok` and `detail`:
-//!   - `database`: `SELECT 1` answers within `[http] check_timeout_secs`;
+//!   - `database`: a trivial query answers within `[http] check_timeout_secs`;
 //!   - `models`: the analysis workers loaded their models (or the daemon is receive-only);
 //!   - `spool`: a small file can be staged and discarded in the spool, and the spool's file
 //!     system is below its watermark (`[spool] max_used_percent`: new associations are refused
@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::HttpConfig;
 use crate::ingest::diskspace::SpoolSpace;
 use crate::ingest::spool::Storage;
-use crate::ops::metrics::{self, Metrics, Snapshot};
+use crate::ops::metrics::{self, Metrics};
 use crate::ops::systemd::Heartbeats;
 
 /// What the endpoints look at.
@@ -233,9 +233,9 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 async fn check_database(state: &HttpState) -> Check {
-    let probe = sqlx::query("SELECT 1").execute(&state.pool);
+    let probe = crate::db::ping(&state.pool);
     match tokio::time::timeout(state.config.check_timeout, probe).await {
-        Ok(Ok(_)) => Check::ok("SELECT 1 answered"),
+        Ok(Ok(_)) => Check::ok("answered a query"),
         Ok(Err(e)) => Check::failed(format!("unavailable: {e}")),
         Err(_) => Check::failed(format!(
             "no answer within {} ms",
@@ -280,16 +280,13 @@ async fn check_queue(state: &HttpState) -> Check {
     if state.workers == 0 {
         return Check::ok("not checked: receive-only");
     }
-    let query = sqlx::query_as::<_, (f64, Option<f64>)>(
-        "SELECT GREATEST(
-                  COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(run_after)) FROM jobs
-                            WHERE state = 'queued' AND run_after <= now()), 0),
-                  COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(lease_expires_at)) FROM jobs
-                            WHERE state = 'running' AND lease_expires_at < now()), 0))::float8,
-                (SELECT EXTRACT(EPOCH FROM now() - max(updated_at)) FROM jobs
-                 WHERE state <> 'queued')::float8",
-    )
-    .fetch_one(&state.pool);
+    let query = async {
+        let waiting = crate::db::jobs::oldest_waiting(&state.pool)
+            .await?
+            .map_or(0.0, |j| j.age_secs.max(0.0));
+        let since_progress = crate::db::jobs::seconds_since_progress(&state.pool).await?;
+        Ok::<_, sqlx::Error>((waiting, since_progress))
+    };
     let (waiting, since_progress) =
         match tokio::time::timeout(state.config.check_timeout, query).await {
             Ok(Ok(row)) => row,
@@ -309,7 +306,7 @@ async fn check_queue(state: &HttpState) -> Check {
 }
 
 async fn metrics_text(State(state): State<Arc<HttpState>>) -> Response {
-    let snapshot = Snapshot::query(&state.pool, state.config.check_timeout).await;
+    let snapshot = metrics::snapshot(&state.pool, state.config.check_timeout).await;
     match state.metrics.render(snapshot.as_ref()) {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(e) => {

@@ -428,98 +428,20 @@ impl Collector for DiskCollector {
 
 // ---- the database, per scrape ----------------------------------------------------------------
 
-/// What the database says on one scrape.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    /// Jobs by state (`queued`, `running`, `done`, `failed`), every state present.
-    pub jobs: Vec<(String, i64)>,
-    /// Queued jobs (due or waiting for a retry).
-    pub queue_depth: i64,
-    /// Age of the oldest queued job, in seconds (0 when none).
-    pub queue_oldest_age_secs: f64,
-    /// Instances received and not yet analysed (waiting for the quiet period or a worker).
-    pub instances_unprocessed: i64,
-    /// Outbox rows by state (`queued`, `sending`, `sent`, `failed`), every state present.
-    pub outbox: Vec<(String, i64)>,
-    /// Age of the oldest SR waiting to be sent (queued or sending), in seconds.
-    pub outbox_oldest_age_secs: f64,
-    /// Instances whose file is in the spool (not removed by retention), and their bytes.
-    pub spool_instances: i64,
-    pub spool_bytes: i64,
-}
+pub use crate::db::stats::Snapshot;
 
-const JOB_STATES: [&str; 4] = ["queued", "running", "done", "failed"];
-const OUTBOX_STATES: [&str; 4] = ["queued", "sending", "sent", "failed"];
-
-fn by_state(rows: Vec<(String, i64)>, states: &[&str]) -> Vec<(String, i64)> {
-    states
-        .iter()
-        .map(|s| {
-            let n = rows.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
-            (s.to_string(), n)
-        })
-        .collect()
-}
-
-impl Snapshot {
-    /// Query the database; `None` when it does not answer within `limit`.
-    pub async fn query(pool: &PgPool, limit: Duration) -> Option<Self> {
-        match tokio::time::timeout(limit, Self::query_inner(pool)).await {
-            Ok(Ok(s)) => Some(s),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "metrics: database snapshot failed");
-                None
-            }
-            Err(_) => {
-                tracing::debug!("metrics: database snapshot timed out");
-                None
-            }
+/// Query the database's [`Snapshot`]; `None` when it does not answer within `limit`.
+pub async fn snapshot(pool: &PgPool, limit: Duration) -> Option<Snapshot> {
+    match tokio::time::timeout(limit, crate::db::stats::snapshot(pool)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "metrics: database snapshot failed");
+            None
         }
-    }
-
-    async fn query_inner(pool: &PgPool) -> Result<Self, sqlx::Error> {
-        let mut conn = pool.acquire().await?;
-        let jobs: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
-                .fetch_all(&mut *conn)
-                .await?;
-        let (queue_depth, queue_oldest_age_secs): (i64, f64) = sqlx::query_as(
-            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-             FROM jobs WHERE state = 'queued'",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        let instances_unprocessed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM instances WHERE state IN ('received', 'analysing')",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        let outbox: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, count(*) FROM outbox GROUP BY state")
-                .fetch_all(&mut *conn)
-                .await?;
-        let outbox_oldest_age_secs: f64 = sqlx::query_scalar(
-            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-             FROM outbox WHERE state IN ('queued', 'sending')",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        let (spool_instances, spool_bytes): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), COALESCE(sum(size_bytes), 0)::int8
-             FROM instances WHERE purged_at IS NULL",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        Ok(Self {
-            jobs: by_state(jobs, &JOB_STATES),
-            queue_depth,
-            queue_oldest_age_secs,
-            instances_unprocessed,
-            outbox: by_state(outbox, &OUTBOX_STATES),
-            outbox_oldest_age_secs,
-            spool_instances,
-            spool_bytes,
-        })
+        Err(_) => {
+            tracing::debug!("metrics: database snapshot timed out");
+            None
+        }
     }
 }
 
@@ -550,7 +472,7 @@ impl Collector for SnapshotCollector {
         gauge(
             &mut e,
             "queue_oldest_age",
-            "Age of the oldest queued analysis job",
+            "How long the job waiting longest for a worker has waited (due, or its lease expired)",
             Some(&Unit::Seconds),
             s.queue_oldest_age_secs,
         )?;
@@ -574,7 +496,7 @@ impl Collector for SnapshotCollector {
         gauge(
             &mut e,
             "outbox_oldest_age",
-            "Age of the oldest SR delivery not yet done (queued or sending)",
+            "Age of the oldest delivery not yet done (queued or sending)",
             Some(&Unit::Seconds),
             s.outbox_oldest_age_secs,
         )?;
@@ -615,7 +537,10 @@ mod tests {
         m.count_send("PACS", "sent");
         m.count_purged(2, 100);
         let snapshot = Snapshot {
-            jobs: by_state(vec![("done".into(), 2)], &JOB_STATES),
+            jobs: ["queued", "running", "done", "failed"]
+                .iter()
+                .map(|s| (s.to_string(), i64::from(*s == "done") * 2))
+                .collect(),
             queue_depth: 0,
             spool_instances: 1,
             spool_bytes: 1234,

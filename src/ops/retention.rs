@@ -12,8 +12,6 @@
 //! row is marked, so a crash in between leaves a row that the next pass marks (a missing file
 //! counts as removed).
 
-use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::db;
 use crate::ingest::spool::{SpoolKey, Storage};
 use crate::ops::metrics::Metrics;
 
@@ -43,8 +42,6 @@ pub enum RetentionError {
     Query(#[from] sqlx::Error),
     #[error("spool key {key:?} of a purge candidate is invalid: {message}")]
     Key { key: String, message: String },
-    #[error("the spool storage has no local files to remove")]
-    NoLocalPath,
     #[error("retention task failed: {0}")]
     Task(String),
 }
@@ -120,50 +117,23 @@ async fn purge_batch(
     keep: Duration,
 ) -> Result<Purged, RetentionError> {
     let mut tx = pool.begin().await?;
-    // SKIP LOCKED: several daemons on one database share the work; a row being analysed (locked
-    // by a worker's update) waits for the next pass
-    let candidates: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT i.sop_instance_uid, i.spool_key, i.size_bytes
-         FROM instances i
-         JOIN LATERAL (SELECT r.sr_sop_instance_uid, r.created_at FROM reports r
-                       WHERE r.study_instance_uid = i.study_instance_uid
-                       ORDER BY r.id DESC LIMIT 1) r ON true
-         WHERE i.purged_at IS NULL
-           AND i.state IN ('analysed', 'skipped')
-           AND i.state_changed_at <= r.created_at
-           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_instance_uid = i.study_instance_uid
-                           AND j.state IN ('queued', 'running'))
-           AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sr_sop_instance_uid = r.sr_sop_instance_uid
-                           AND o.state <> 'sent')
-           AND (SELECT max(o.sent_at) FROM outbox o
-                WHERE o.sr_sop_instance_uid = r.sr_sop_instance_uid)
-               <= now() - make_interval(secs => $1)
-         ORDER BY i.received_at
-         LIMIT $2
-         FOR UPDATE OF i SKIP LOCKED",
-    )
-    .bind(keep.as_secs_f64())
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
+    let candidates = db::instances::purge_candidates(&mut tx, keep, BATCH).await?;
     if candidates.is_empty() {
         return Ok(Purged::default());
     }
-    let mut paths = Vec::with_capacity(candidates.len());
+    let mut keys = Vec::with_capacity(candidates.len());
     for (_, key, _) in &candidates {
-        let parsed = SpoolKey::parse(key).map_err(|e| RetentionError::Key {
+        keys.push(SpoolKey::parse(key).map_err(|e| RetentionError::Key {
             key: key.clone(),
             message: e.to_string(),
-        })?;
-        paths.push(
-            storage
-                .local_path(&parsed)
-                .ok_or(RetentionError::NoLocalPath)?,
-        );
+        })?);
     }
-    let results = tokio::task::spawn_blocking(move || remove_all(paths))
-        .await
-        .map_err(|e| RetentionError::Task(e.to_string()))?;
+    let storage = storage.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        keys.iter().map(|k| storage.remove(k)).collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| RetentionError::Task(e.to_string()))?;
     let mut removed: Vec<String> = Vec::with_capacity(candidates.len());
     let mut out = Purged::default();
     for ((sop, key, size), result) in candidates.into_iter().zip(results) {
@@ -179,21 +149,7 @@ async fn purge_batch(
             }
         }
     }
-    sqlx::query("UPDATE instances SET purged_at = now() WHERE sop_instance_uid = ANY($1)")
-        .bind(&removed)
-        .execute(&mut *tx)
-        .await?;
+    db::instances::mark_purged(&mut tx, &removed).await?;
     tx.commit().await?;
     Ok(out)
-}
-
-/// Remove each file; one already gone counts as removed.
-fn remove_all(paths: Vec<PathBuf>) -> Vec<io::Result<()>> {
-    paths
-        .into_iter()
-        .map(|p| match std::fs::remove_file(&p) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        })
-        .collect()
 }

@@ -16,13 +16,45 @@ use std::fmt::Write as _;
 use chrono::NaiveDateTime;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::InMemDicomObject;
+use dicom_object::{FileDicomObject, InMemDicomObject};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::dicom::uid::is_received_uid;
 
 pub use sr::{BuiltReport, build_sr};
+
+/// The kinds of outgoing object, as recorded in `outbox.kind` (migration 0006 lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// The findings report: a Comprehensive 3D SR ([`sr`]).
+    Sr,
+}
+
+impl OutputKind {
+    /// The name in `outbox.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sr => "sr",
+        }
+    }
+}
+
+/// An outgoing Part 10 object, whatever its kind: the archive, the outbox and the sender handle
+/// it through this alone. A new output (a SEG, a Secondary Capture) is one builder whose result
+/// implements it, plus its [`OutputKind`].
+pub trait Output: Send + Sync {
+    /// What it is.
+    fn kind(&self) -> OutputKind;
+    /// The object with its file meta group.
+    fn file(&self) -> &FileDicomObject<InMemDicomObject>;
+    /// Its SOP Class UID.
+    fn sop_class_uid(&self) -> &str;
+    /// Its SOP Instance UID (one of ours: strict).
+    fn sop_instance_uid(&self) -> &str;
+    /// The study it belongs to (the source study's UID, as received).
+    fn study_instance_uid(&self) -> &str;
+}
 
 /// Everything that can go wrong when building an SR.
 #[derive(Debug, thiserror::Error)]

@@ -57,6 +57,26 @@ pub struct BuiltReport {
     pub sop_instance_uid: String,
     /// Its Series Instance UID.
     pub series_instance_uid: String,
+    /// The Study Instance UID of the study it reports on (and belongs to).
+    pub study_instance_uid: String,
+}
+
+impl super::Output for BuiltReport {
+    fn kind(&self) -> super::OutputKind {
+        super::OutputKind::Sr
+    }
+    fn file(&self) -> &FileDicomObject<InMemDicomObject> {
+        &self.file
+    }
+    fn sop_class_uid(&self) -> &str {
+        SR_SOP_CLASS_UID
+    }
+    fn sop_instance_uid(&self) -> &str {
+        &self.sop_instance_uid
+    }
+    fn study_instance_uid(&self) -> &str {
+        &self.study_instance_uid
+    }
 }
 
 /// Build the SR for a request: findings, or a short "not analysed: <reason>" report.
@@ -87,6 +107,7 @@ pub fn build_sr(req: &ReportRequest) -> Result<BuiltReport, SrError> {
         file,
         sop_instance_uid,
         series_instance_uid,
+        study_instance_uid: req.study.study_instance_uid.clone(),
     })
 }
 

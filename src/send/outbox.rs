@@ -1,7 +1,10 @@
-//! Send stage, durable side (… → report → **send**): the SR archive, the PostgreSQL outbox
-//! (one row per SR and destination) and the sender loop that delivers due rows by C-STORE.
+//! Send stage, durable side (… → report → **send**): the archive of outgoing objects, the
+//! PostgreSQL outbox (one row per object and destination; its SQL is in `db::outbox`) and the
+//! sender loop that delivers due rows by C-STORE. Every outgoing object is a
+//! [`report::Output`](crate::report::Output) of some kind (the SR today): nothing here depends on
+//! which.
 //!
-//! The caller writes the SR with [`archive_sr`], then records the report and calls [`enqueue`]
+//! The caller writes the object with [`archive`], then records the report and calls [`enqueue`]
 //! in one transaction. [`run`] claims due rows with `FOR UPDATE SKIP LOCKED` and a lease (so
 //! several senders, in one process or many, never send a row concurrently, and a crashed
 //! sender's rows come back when its lease expires), sends each with [`send::store_file`], and
@@ -22,11 +25,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Destination, ReportConfig};
-use crate::report::BuiltReport;
+use crate::db;
+use crate::ingest::spool::{self, SpoolKey};
+use crate::report::Output;
 use crate::send::scu::{self, Delivered, ScuOptions, SendError};
 
-/// The PostgreSQL channel [`enqueue`] notifies so that senders wake at once.
-pub const CHANNEL: &str = "cxr_outbox";
+pub use crate::db::outbox::{CHANNEL, OutboxRow};
 
 /// An outbox or archive operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +43,11 @@ pub enum OutboxError {
         /// The value.
         uid: String,
     },
-    /// Writing the SR into the archive failed.
-    #[error("cannot archive the SR at {path}: {message}")]
+    /// Writing an object into the archive failed.
+    #[error("cannot archive the {kind} at {path}: {message}")]
     Archive {
+        /// The object's kind (`sr`).
+        kind: &'static str,
         /// The file or directory concerned.
         path: PathBuf,
         /// What failed.
@@ -126,56 +132,29 @@ impl OutboxSettings {
     }
 }
 
-/// Where [`archive_sr`] puts an SR: `DIR/STUDY_UID/SR_SOP_INSTANCE_UID.dcm`.
+/// Where [`archive`] puts an object: `DIR/STUDY_UID/SOP_INSTANCE_UID.dcm`.
 pub fn archive_path(dir: &Path, study_uid: &str, sop_instance_uid: &str) -> PathBuf {
     dir.join(study_uid).join(format!("{sop_instance_uid}.dcm"))
 }
 
-/// Write the SR as a Part 10 file into the archive, durably (temporary file, fsync, rename,
-/// directory fsync), and return its path. Writing the same SR again replaces it atomically.
-/// Blocking: call it from `spawn_blocking` on an async runtime.
-pub fn archive_sr(dir: &Path, report: &BuiltReport) -> Result<PathBuf, OutboxError> {
-    let study_uid = report
-        .file
-        .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
-        .ok()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .unwrap_or_default();
-    check_uid("Study Instance UID", &study_uid)?;
-    check_uid("SOP Instance UID", &report.sop_instance_uid)?;
-    let path = archive_path(dir, &study_uid, &report.sop_instance_uid);
-    let err = |path: &Path, e: &dyn std::fmt::Display| OutboxError::Archive {
-        path: path.to_path_buf(),
+/// Write an outgoing object as a Part 10 file into the archive with the spool's durable write
+/// (temporary file, fsync, rename, directory fsync), and return its path. Writing the same object
+/// again replaces it atomically. Blocking: call it from `spawn_blocking` on an async runtime.
+pub fn archive(dir: &Path, output: &dyn Output) -> Result<PathBuf, OutboxError> {
+    let study_uid = output.study_instance_uid();
+    let sop_uid = output.sop_instance_uid();
+    check_uid("Study Instance UID", study_uid)?;
+    check_uid("SOP Instance UID", sop_uid)?;
+    let path = archive_path(dir, study_uid, sop_uid);
+    let err = |e: &dyn std::fmt::Display| OutboxError::Archive {
+        kind: output.kind().as_str(),
+        path: path.clone(),
         message: e.to_string(),
     };
-    let study_dir = dir.join(&study_uid);
-    let new_dir = !study_dir.exists();
-    std::fs::create_dir_all(&study_dir).map_err(|e| err(&study_dir, &e))?;
-    if new_dir {
-        sync_dir(dir).map_err(|e| err(dir, &e))?;
-    }
-    let tmp = study_dir.join(format!(
-        ".{}.{}.tmp",
-        report.sop_instance_uid,
-        uuid::Uuid::new_v4().simple()
-    ));
-    let write = || -> Result<(), OutboxError> {
-        let mut bytes = Vec::with_capacity(64 * 1024);
-        report
-            .file
-            .write_all(&mut bytes)
-            .map_err(|e| err(&path, &e))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| err(&tmp, &e))?;
-        std::io::Write::write_all(&mut f, &bytes).map_err(|e| err(&tmp, &e))?;
-        f.sync_all().map_err(|e| err(&tmp, &e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| err(&path, &e))?;
-        sync_dir(&study_dir).map_err(|e| err(&study_dir, &e))
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
-    Ok(path)
+    let mut bytes = Vec::with_capacity(64 * 1024);
+    output.file().write_all(&mut bytes).map_err(|e| err(&e))?;
+    let key = SpoolKey::for_instance(study_uid, sop_uid).map_err(|e| err(&e))?;
+    spool::write_durably(dir, &key, &bytes).map_err(|e| err(&e))
 }
 
 fn check_uid(what: &'static str, uid: &str) -> Result<(), OutboxError> {
@@ -189,44 +168,29 @@ fn check_uid(what: &'static str, uid: &str) -> Result<(), OutboxError> {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Queue one archived SR for every destination, inside the caller's transaction (pass
-/// `&mut *tx`). Idempotent per (SR, destination). Senders are notified when it commits.
+/// Queue one archived object for every destination, inside the caller's transaction (pass
+/// `&mut *tx`). Idempotent per (object, destination). Senders are notified when it commits.
 /// Returns the number of rows inserted.
 pub async fn enqueue(
     conn: &mut PgConnection,
-    study_uid: &str,
-    sr_sop_instance_uid: &str,
+    output: &dyn Output,
     archive_path: &Path,
     destinations: &[Destination],
 ) -> Result<u64, OutboxError> {
+    let path = archive_path.to_string_lossy();
+    let new = db::outbox::NewOutput {
+        kind: output.kind().as_str(),
+        study_instance_uid: output.study_instance_uid(),
+        sop_class_uid: output.sop_class_uid(),
+        sop_instance_uid: output.sop_instance_uid(),
+        archive_path: &path,
+    };
     let mut inserted = 0;
     for d in destinations {
-        inserted += sqlx::query(
-            "INSERT INTO outbox (study_instance_uid, sr_sop_instance_uid, destination_name, \
-             destination_ae_title, destination_host, destination_port, archive_path) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (sr_sop_instance_uid, destination_name) DO NOTHING",
-        )
-        .bind(study_uid)
-        .bind(sr_sop_instance_uid)
-        .bind(&d.name)
-        .bind(d.ae_title.as_str())
-        .bind(&d.host)
-        .bind(i32::from(d.port))
-        .bind(archive_path.to_string_lossy().as_ref())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+        inserted += db::outbox::insert(conn, &new, d).await?;
     }
     if inserted > 0 {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(&mut *conn)
-            .await?;
+        db::outbox::notify(conn).await?;
     }
     Ok(inserted)
 }
@@ -234,61 +198,12 @@ pub async fn enqueue(
 /// Put a study's `failed` rows back in the queue, due now, with their attempt count reset
 /// (the `outbox_attempts` history stays). Returns the number of rows requeued.
 pub async fn requeue(pool: &PgPool, study_uid: &str) -> Result<u64, OutboxError> {
-    let n = sqlx::query(
-        "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at = now(), \
-         requeued_count = requeued_count + 1, updated_at = now() \
-         WHERE study_instance_uid = $1 AND state = 'failed'",
-    )
-    .bind(study_uid)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    if n > 0 {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(pool)
-            .await?;
-    }
-    Ok(n)
+    Ok(db::outbox::requeue_failed(pool, study_uid).await?)
 }
-
-/// One outbox row, as admins and tests see it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub study_instance_uid: String,
-    pub sr_sop_instance_uid: String,
-    pub destination_name: String,
-    pub destination_ae_title: String,
-    pub destination_host: String,
-    pub destination_port: i32,
-    pub archive_path: String,
-    pub state: String,
-    pub attempts: i32,
-    pub next_attempt_at: DateTime<Utc>,
-    pub lease_owner: Option<String>,
-    pub lease_expires_at: Option<DateTime<Utc>>,
-    pub last_attempt_at: Option<DateTime<Utc>>,
-    pub last_status: Option<i32>,
-    pub last_error: Option<String>,
-    pub transfer_syntax_uid: Option<String>,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub requeued_count: i32,
-}
-
-const COLUMNS: &str = "id, study_instance_uid, sr_sop_instance_uid, destination_name, \
-    destination_ae_title, destination_host, destination_port, archive_path, state, attempts, \
-    next_attempt_at, lease_owner, lease_expires_at, last_attempt_at, last_status, last_error, \
-    transfer_syntax_uid, sent_at, requeued_count";
 
 /// A study's outbox rows, oldest first.
 pub async fn rows_for_study(pool: &PgPool, study_uid: &str) -> Result<Vec<OutboxRow>, OutboxError> {
-    Ok(sqlx::query_as::<_, OutboxRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM outbox WHERE study_instance_uid = $1 ORDER BY id"
-    )))
-    .bind(study_uid)
-    .fetch_all(pool)
-    .await?)
+    Ok(db::outbox::rows_for_study(pool, study_uid).await?)
 }
 
 /// Deliver due rows until `shutdown`. Sends in progress finish (each is bounded by the SCU
@@ -384,30 +299,7 @@ async fn claim(
     settings: &OutboxSettings,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let lease_secs = settings.lease().as_secs_f64();
-    sqlx::query_as::<_, OutboxRow>(sqlx::AssertSqlSafe(format!(
-        "WITH due AS ( \
-            SELECT id FROM outbox \
-            WHERE (state = 'queued' AND next_attempt_at <= now()) \
-               OR (state = 'sending' AND lease_expires_at <= now()) \
-            ORDER BY next_attempt_at, id \
-            LIMIT $1 \
-            FOR UPDATE SKIP LOCKED) \
-         UPDATE outbox o SET state = 'sending', lease_owner = $2, \
-            lease_expires_at = now() + make_interval(secs => $3), \
-            attempts = o.attempts + 1, last_attempt_at = now(), updated_at = now() \
-         FROM due WHERE o.id = due.id \
-         RETURNING {}",
-        COLUMNS
-            .split(", ")
-            .map(|c| format!("o.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
-    .bind(settings.max_concurrent_sends as i64)
-    .bind(owner)
-    .bind(lease_secs)
-    .fetch_all(pool)
-    .await
+    db::outbox::claim(pool, owner, settings.max_concurrent_sends, lease_secs).await
 }
 
 impl Outcome {
@@ -500,28 +392,30 @@ fn jitter() -> f64 {
 }
 
 fn log_outcome(row: &OutboxRow, outcome: &Outcome) {
-    let (id, dest, sr, attempt) = (
+    let (id, dest, kind, sop, attempt) = (
         row.id,
         row.destination_name.as_str(),
-        row.sr_sop_instance_uid.as_str(),
+        row.kind.as_str(),
+        row.sop_instance_uid.as_str(),
         row.attempts,
     );
     match outcome {
         Outcome::Sent(d) => tracing::info!(
             outbox_id = id,
             destination = dest,
-            sr_sop_instance_uid = sr,
+            kind,
+            sop_instance_uid = sop,
             attempt,
             status = format!("{:#06X}", d.status),
-            "SR delivered"
+            "delivered"
         ),
         Outcome::Retry { error, after, .. } => tracing::warn!(
-            outbox_id = id, destination = dest, sr_sop_instance_uid = sr, attempt, error = %error,
-            retry_in_ms = after.as_millis() as u64, "SR not delivered; will retry"
+            outbox_id = id, destination = dest, kind, sop_instance_uid = sop, attempt,
+            error = %error, retry_in_ms = after.as_millis() as u64, "not delivered; will retry"
         ),
         Outcome::Failed { error, .. } => tracing::error!(
-            outbox_id = id, destination = dest, sr_sop_instance_uid = sr, attempt, error = %error,
-            "SR not delivered; marked failed"
+            outbox_id = id, destination = dest, kind, sop_instance_uid = sop, attempt,
+            error = %error, "not delivered; marked failed"
         ),
     }
 }
@@ -534,9 +428,8 @@ async fn record(
     started: DateTime<Utc>,
     outcome: &Outcome,
 ) -> Result<(), sqlx::Error> {
-    let (state, status, error, ts, retry_secs) = match outcome {
+    let (status, error, transfer_syntax_uid, retry_after_secs) = match outcome {
         Outcome::Sent(d) => (
-            "sent",
             Some(d.status),
             d.comment.clone(),
             Some(d.transfer_syntax_uid.clone()),
@@ -547,67 +440,30 @@ async fn record(
             status,
             after,
         } => (
-            "queued",
             *status,
             Some(error.clone()),
             None,
             Some(after.as_secs_f64()),
         ),
-        Outcome::Failed { error, status } => ("failed", *status, Some(error.clone()), None, None),
+        Outcome::Failed { error, status } => (*status, Some(error.clone()), None, None),
     };
-    let mut tx = pool.begin().await?;
-    let updated = sqlx::query(
-        "UPDATE outbox SET state = $3, lease_owner = NULL, lease_expires_at = NULL, \
-         last_status = $4, last_error = $5, \
-         transfer_syntax_uid = COALESCE($6, transfer_syntax_uid), \
-         sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END, \
-         next_attempt_at = CASE WHEN $7::float8 IS NULL THEN next_attempt_at \
-                                ELSE now() + make_interval(secs => $7::float8) END, \
-         destination_ae_title = COALESCE($8, destination_ae_title), \
-         destination_host = COALESCE($9, destination_host), \
-         destination_port = COALESCE($10, destination_port), \
-         updated_at = now() \
-         WHERE id = $1 AND lease_owner = $2 AND state = 'sending'",
-    )
-    .bind(row.id)
-    .bind(owner)
-    .bind(state)
-    .bind(status.map(i32::from))
-    .bind(&error)
-    .bind(&ts)
-    .bind(retry_secs)
-    .bind(dest.map(|d| d.ae_title.as_str()))
-    .bind(dest.map(|d| d.host.as_str()))
-    .bind(dest.map(|d| i32::from(d.port)))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated == 0 {
+    let record = db::outbox::AttemptRecord {
+        outcome: outcome.name(),
+        status,
+        error,
+        transfer_syntax_uid,
+        retry_after_secs,
+        destination: dest,
+        started_at: started,
+    };
+    if !db::outbox::record_attempt(pool, owner, row, &record).await? {
         // our lease expired and another sender took the row: its record wins
         tracing::warn!(
             outbox_id = row.id,
             "outbox: lease lost before the attempt was recorded"
         );
     }
-    sqlx::query(
-        "INSERT INTO outbox_attempts (outbox_id, attempt, lease_owner, started_at, outcome, \
-         status, error, transfer_syntax_uid, retry_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-                 CASE WHEN $9::float8 IS NULL THEN NULL \
-                      ELSE now() + make_interval(secs => $9::float8) END)",
-    )
-    .bind(row.id)
-    .bind(row.attempts)
-    .bind(owner)
-    .bind(started)
-    .bind(outcome.name())
-    .bind(status.map(i32::from))
-    .bind(&error)
-    .bind(&ts)
-    .bind(retry_secs)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    Ok(())
 }
 
 #[cfg(test)]

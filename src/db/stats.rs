@@ -1,0 +1,163 @@
+//! The counts and ages operators watch, read in one place for the metrics endpoint and
+//! `cxr-worker status`: jobs, instances, the outbox, the spool's footprint, failures.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::every_state;
+use super::jobs;
+
+/// What the database says on one metrics scrape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Jobs by state (`queued`, `running`, `done`, `failed`), every state present.
+    pub jobs: Vec<(String, i64)>,
+    /// Queued jobs (due or waiting for a retry).
+    pub queue_depth: i64,
+    /// How long the job waiting longest for a worker has waited, in seconds (0 when none): see
+    /// [`jobs::WaitingJob`].
+    pub queue_oldest_age_secs: f64,
+    /// Instances received and not yet analysed (waiting for the quiet period or a worker).
+    pub instances_unprocessed: i64,
+    /// Outbox rows by state (`queued`, `sending`, `sent`, `failed`), every state present.
+    pub outbox: Vec<(String, i64)>,
+    /// Age of the oldest delivery not yet done (queued or sending), in seconds.
+    pub outbox_oldest_age_secs: f64,
+    /// Instances whose file is in the spool (not removed by retention), and their bytes.
+    pub spool_instances: i64,
+    pub spool_bytes: i64,
+}
+
+const OUTBOX_STATES: [&str; 4] = ["queued", "sending", "sent", "failed"];
+
+/// Read a [`Snapshot`].
+pub async fn snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
+    let jobs = jobs::count_by_state(pool).await?;
+    let queue_depth = jobs
+        .iter()
+        .find(|(s, _)| s == "queued")
+        .map_or(0, |(_, n)| *n);
+    let queue_oldest_age_secs = jobs::oldest_waiting(pool)
+        .await?
+        .map_or(0.0, |j| j.age_secs.max(0.0));
+    let instances_unprocessed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM instances WHERE state IN ('received', 'analysing')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let outbox: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM outbox GROUP BY state")
+            .fetch_all(pool)
+            .await?;
+    let outbox_oldest_age_secs: f64 = sqlx::query_scalar(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+         FROM outbox WHERE state IN ('queued', 'sending')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (spool_instances, spool_bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(sum(size_bytes), 0)::int8
+         FROM instances WHERE purged_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Snapshot {
+        jobs,
+        queue_depth,
+        queue_oldest_age_secs,
+        instances_unprocessed,
+        outbox: every_state(outbox, &OUTBOX_STATES),
+        outbox_oldest_age_secs,
+        spool_instances,
+        spool_bytes,
+    })
+}
+
+/// Instances received in the last 24 hours by their state now, every state present.
+pub async fn instances_last_24h(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, count(*) FROM instances WHERE received_at >= now() - interval '24 hours'
+         GROUP BY state",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(every_state(
+        rows,
+        &["received", "analysing", "analysed", "skipped", "failed"],
+    ))
+}
+
+/// One row of the `failures` view.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Failure {
+    /// instance | job.
+    pub what: String,
+    pub study_instance_uid: String,
+    /// SOP Instance UID or job id.
+    pub id: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The latest `limit` failures and skips, newest first.
+pub async fn latest_failures(pool: &PgPool, limit: u32) -> Result<Vec<Failure>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT what, study_instance_uid, id, state, reason, at FROM failures
+         ORDER BY at DESC LIMIT $1",
+    )
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+}
+
+/// The outbox towards one destination.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct DestinationStatus {
+    pub name: String,
+    /// AE title, host and port as last recorded (or as configured, without rows).
+    pub address: String,
+    /// In this configuration's `[[destinations]]`; false: only old rows name it.
+    pub configured: bool,
+    pub queued: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    /// The most recent error, and when.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// The next due attempt of a queued row.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_sent_at: Option<DateTime<Utc>>,
+}
+
+/// The outbox per destination named in its rows; `configured` names those of the current
+/// configuration.
+pub async fn outbox_by_destination(
+    pool: &PgPool,
+    configured: &[String],
+) -> Result<Vec<DestinationStatus>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT o.destination_name AS name,
+                (array_agg(o.destination_ae_title || '@' || o.destination_host || ':' ||
+                           o.destination_port ORDER BY o.id DESC))[1] AS address,
+                o.destination_name = ANY($1) AS configured,
+                count(*) FILTER (WHERE o.state = 'queued') AS queued,
+                count(*) FILTER (WHERE o.state = 'sending') AS sending,
+                count(*) FILTER (WHERE o.state = 'sent') AS sent,
+                count(*) FILTER (WHERE o.state = 'failed') AS failed,
+                e.last_error, e.last_error_at,
+                min(o.next_attempt_at) FILTER (WHERE o.state = 'queued') AS next_attempt_at,
+                max(o.sent_at) AS last_sent_at
+         FROM outbox o
+         LEFT JOIN LATERAL (
+             SELECT a.error AS last_error, a.finished_at AS last_error_at
+             FROM outbox_attempts a JOIN outbox o2 ON o2.id = a.outbox_id
+             WHERE o2.destination_name = o.destination_name AND a.error IS NOT NULL
+             ORDER BY a.finished_at DESC LIMIT 1) e ON true
+         GROUP BY o.destination_name, e.last_error, e.last_error_at",
+    )
+    .bind(configured)
+    .fetch_all(pool)
+    .await
+}
