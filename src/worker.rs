@@ -22,17 +22,17 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::analyse::analyser::{Analyser, Call, ImageReport};
+use crate::analyse::analyser::{Analyser, ImageReport};
 use crate::config::Destination;
-use crate::db::analysis::{self, AnalysedInstance, AnalysisRow, LabelRow, NewReport};
+use crate::db::analysis::{self, NewReport};
 use crate::db::jobs::{self, Job};
 use crate::dicom::guard;
+use crate::findings::AnalysedImage;
 use crate::ingest::spool::{SpoolKey, Storage};
 use crate::ops::metrics::Metrics;
 use crate::ops::systemd::Heartbeat;
 use crate::report::{
-    self, AnalysedImage, Completion, ImageRef, LabelResult, ModelInfo, Predecessor, ReportContent,
-    ReportRequest, SourceStudy,
+    self, Completion, ModelInfo, Output, Predecessor, ReportContent, ReportRequest, SourceStudy,
 };
 use crate::send::outbox;
 
@@ -238,8 +238,7 @@ async fn report_failure(
             study: &job.study_instance_uid,
             pending: &instances,
             analysed: &[],
-            fresh: &[],
-            skipped: &[],
+            found: &Found::default(),
             skipped_reasons: &skipped,
             previous: None,
             failed: true,
@@ -271,7 +270,9 @@ pub fn retry_delay(base: Duration, attempt: i32) -> Duration {
     (base * factor).min(Duration::from_secs(600))
 }
 
-/// Analyse the job's instances, store the findings, build and queue the SR.
+/// One job as a short pipeline: claim the study's instances → analyse them (each read once,
+/// through the storage) → store the findings, build the outputs (the SR) and queue them, in one
+/// transaction at the end.
 async fn process(
     pool: &PgPool,
     storage: &Arc<dyn Storage>,
@@ -281,73 +282,35 @@ async fn process(
 ) -> Result<String, JobError> {
     let study = job.study_instance_uid.as_str();
     let pending = analysis::claim_instances(pool, study, job.kind == "reprocess").await?;
-    let mut keys = Vec::with_capacity(pending.len());
-    for p in &pending {
-        keys.push(SpoolKey::parse(&p.spool_key).map_err(|e| JobError::Spool(e.to_string()))?);
-    }
     if pending.is_empty() {
         let mut tx = pool.begin().await?;
-        if !jobs::complete(&mut tx, job.id, &s.owner).await? {
-            return Err(JobError::LeaseLost);
-        }
+        complete(&mut tx, job.id, s, false).await?;
         tx.commit().await?;
         return Ok("nothing to analyse".into());
     }
-    let reports = run_models(analyser, storage, keys).await?;
-    if let Some(m) = &s.metrics {
-        observe(m, &reports);
-    }
+    // Results stay in memory until the single transaction at the end: a failed attempt commits
+    // nothing, and its instances stay claimed ('analysing') for the retry.
+    let found = analyse(storage, analyser, s, &pending).await?;
     if !jobs::extend_lease(pool, job.id, &s.owner, s.lease).await? {
         return Err(JobError::LeaseLost);
     }
-    // Results stay in memory until the single transaction at the end: a failed attempt commits
-    // nothing, and its instances stay claimed ('analysing') for the retry.
-    let mut fresh: Vec<(AnalysisRow, Vec<LabelRow>)> = Vec::new();
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    for (p, r) in pending.iter().zip(&reports) {
-        match to_rows(study, p.sop_instance_uid.as_str(), r) {
-            Some(rows) => fresh.push(rows),
-            None => skipped.push((p.sop_instance_uid.clone(), r.reason.clone())),
-        }
-    }
-    let skipped_reasons: Vec<String> = skipped.iter().map(|(_, r)| r.clone()).collect();
-    let analysed_now = fresh.len();
-
     let previous = analysis::latest_report(pool, study).await?;
-    if analysed_now == 0 && previous.is_some() {
+    if found.fresh.is_empty() && previous.is_some() {
         // nothing new to say: no silent duplicate of the last report
         let mut tx = pool.begin().await?;
-        record_results(&mut tx, job.id, &fresh, &skipped).await?;
-        if !jobs::complete(&mut tx, job.id, &s.owner).await? {
-            return Err(JobError::LeaseLost);
-        }
+        record_results(&mut tx, job.id, study, &found).await?;
+        complete(&mut tx, job.id, s, false).await?;
         tx.commit().await?;
-        return Ok(format!("{} skipped, report unchanged", skipped.len()));
+        return Ok(format!("{} skipped, report unchanged", found.skipped.len()));
     }
-    let mut analysed: Vec<AnalysedInstance> = analysis::analysed_instances(pool, study)
-        .await?
-        .into_iter()
-        .filter(|a| {
-            !pending
-                .iter()
-                .any(|p| p.sop_instance_uid == a.sop_instance_uid)
-        })
-        .collect();
-    for (row, labels) in &fresh {
-        if let Some(p) = pending
-            .iter()
-            .find(|p| p.sop_instance_uid == row.sop_instance_uid)
-        {
-            analysed.push(analysed_instance(p, row, labels));
-        }
-    }
+    let analysed = study_findings(pool, study, &pending, &found.fresh).await?;
+    let skipped_reasons: Vec<String> = found.skipped.iter().map(|(_, r)| r.clone()).collect();
     let outcome = Outcome {
         job_id: job.id,
         study,
         pending: &pending,
         analysed: &analysed,
-        fresh: &fresh,
-        skipped: &skipped,
+        found: &found,
         skipped_reasons: &skipped_reasons,
         previous: previous.as_ref(),
         failed: false,
@@ -359,9 +322,65 @@ async fn process(
         "findings"
     };
     Ok(format!(
-        "{analysed_now} analysed, {} skipped, SR {sr} ({kind}) queued",
-        skipped.len(),
+        "{} analysed, {} skipped, SR {sr} ({kind}) queued",
+        found.fresh.len(),
+        found.skipped.len(),
     ))
+}
+
+/// What one attempt's analysis found: the findings of each analysed image, and each skipped
+/// image with the reason.
+#[derive(Debug, Default)]
+struct Found {
+    fresh: Vec<AnalysedImage>,
+    skipped: Vec<(String, String)>,
+}
+
+/// Run the models on the claimed instances; every image is either found or skipped.
+async fn analyse(
+    storage: &Arc<dyn Storage>,
+    analyser: &mut Option<Analyser>,
+    s: &WorkerSettings,
+    pending: &[analysis::PendingInstance],
+) -> Result<Found, JobError> {
+    let keys = pending
+        .iter()
+        .map(|p| SpoolKey::parse(&p.spool_key))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| JobError::Spool(e.to_string()))?;
+    let reports = run_models(analyser, storage, keys).await?;
+    if let Some(m) = &s.metrics {
+        observe(m, &reports);
+    }
+    let mut found = Found::default();
+    for (p, r) in pending.iter().zip(&reports) {
+        match r.to_findings(p.image_ref()) {
+            Ok(f) => found.fresh.push(f),
+            Err(reason) => found.skipped.push((p.sop_instance_uid.clone(), reason)),
+        }
+    }
+    Ok(found)
+}
+
+/// Every analysed image of the study, for its report: earlier jobs' (read back from the
+/// database) and this attempt's.
+async fn study_findings(
+    pool: &PgPool,
+    study: &str,
+    pending: &[analysis::PendingInstance],
+    fresh: &[AnalysedImage],
+) -> Result<Vec<AnalysedImage>, sqlx::Error> {
+    let mut all: Vec<AnalysedImage> = analysis::analysed_images(pool, study)
+        .await?
+        .into_iter()
+        .filter(|a| {
+            !pending
+                .iter()
+                .any(|p| p.sop_instance_uid == a.image.sop_instance_uid)
+        })
+        .collect();
+    all.extend(fresh.iter().cloned());
+    Ok(all)
 }
 
 /// What a job found, for its report.
@@ -370,12 +389,10 @@ struct Outcome<'a> {
     study: &'a str,
     /// The instances the job took.
     pending: &'a [analysis::PendingInstance],
-    /// Every analysed instance of the study (earlier jobs' included).
-    analysed: &'a [AnalysedInstance],
-    /// This job's analyses, recorded with the report.
-    fresh: &'a [(AnalysisRow, Vec<LabelRow>)],
-    /// This job's skipped instances with their reasons, recorded with the report.
-    skipped: &'a [(String, String)],
+    /// Every analysed image of the study (earlier jobs' included).
+    analysed: &'a [AnalysedImage],
+    /// This attempt's findings and skips, recorded with the report.
+    found: &'a Found,
     /// Why images were not analysed (or why the job failed).
     skipped_reasons: &'a [String],
     previous: Option<&'a analysis::ReportRow>,
@@ -392,105 +409,92 @@ async fn issue_report(
     s: &WorkerSettings,
     o: Outcome<'_>,
 ) -> Result<String, JobError> {
-    let Outcome {
-        job_id,
-        study,
-        pending,
-        analysed,
-        fresh,
-        skipped,
-        skipped_reasons,
-        previous,
-        failed,
-    } = o;
-    let header_key = pending
+    let header_key = o
+        .pending
         .first()
         .map(|p| p.spool_key.clone())
         .ok_or_else(|| JobError::Report("job has no instance".into()))?;
     let source = read_source(storage, &header_key).await?;
-    let request = report_request(source, analysed, pending, skipped_reasons, previous)?;
+    let request = report_request(source, o.analysed, o.pending, o.skipped_reasons, o.previous);
     let built = report::build_sr(&request).map_err(|e| JobError::Report(e.to_string()))?;
-    let dir = s.archive_dir.clone();
-    let built = Arc::new(built);
-    let to_archive = built.clone();
-    let archive_path = tokio::task::spawn_blocking(move || outbox::archive(&dir, &*to_archive))
-        .await
-        .map_err(|e| JobError::Report(e.to_string()))?
-        .map_err(|e| JobError::Report(e.to_string()))?;
-    let kind = if analysed.is_empty() {
+    let archive_path = archive(s, Arc::new(built.clone())).await?;
+    let kind = if o.analysed.is_empty() {
         "not_analysed"
     } else {
         "findings"
     };
-    let reason = (kind == "not_analysed").then(|| summarise(skipped_reasons));
+    let reason = (kind == "not_analysed").then(|| summarise(o.skipped_reasons));
     let archive = archive_path.display().to_string();
     let mut tx = pool.begin().await?;
-    record_results(&mut tx, job_id, fresh, skipped).await?;
+    record_results(&mut tx, o.job_id, o.study, o.found).await?;
     analysis::insert_report(
         &mut tx,
         &NewReport {
-            study_instance_uid: study,
-            job_id,
+            study_instance_uid: o.study,
+            job_id: o.job_id,
             kind,
             sr_sop_instance_uid: &built.sop_instance_uid,
             sr_series_instance_uid: &built.series_instance_uid,
             instance_number: request.instance_number as i32,
-            predecessor: previous.map(|p| p.sr_sop_instance_uid.as_str()),
-            analysed_images: analysed.len() as i32,
+            predecessor: o.previous.map(|p| p.sr_sop_instance_uid.as_str()),
+            analysed_images: o.analysed.len() as i32,
             archive_path: &archive,
             reason: reason.as_deref(),
         },
     )
     .await?;
     let destinations = s.destinations.borrow().clone();
-    outbox::enqueue(&mut tx, &*built, &archive_path, &destinations)
+    outbox::enqueue(&mut tx, &built, &archive_path, &destinations)
         .await
         .map_err(|e| JobError::Report(format!("cannot queue the SR: {e}")))?;
-    let completed = if failed {
-        jobs::complete_unless_failed(&mut tx, job_id, &s.owner).await?
-    } else {
-        jobs::complete(&mut tx, job_id, &s.owner).await?
-    };
-    if !completed {
-        return Err(JobError::LeaseLost);
-    }
+    complete(&mut tx, o.job_id, s, o.failed).await?;
     tx.commit().await?;
-    Ok(built.sop_instance_uid.clone())
+    Ok(built.sop_instance_uid)
 }
 
-/// Store the analyses of this attempt and mark the skipped instances, with their reasons.
+/// Write an output into the archive (blocking I/O, off the async threads).
+async fn archive(s: &WorkerSettings, output: Arc<dyn Output>) -> Result<PathBuf, JobError> {
+    let dir = s.archive_dir.clone();
+    tokio::task::spawn_blocking(move || outbox::archive(&dir, &*output))
+        .await
+        .map_err(|e| JobError::Report(e.to_string()))?
+        .map_err(|e| JobError::Report(e.to_string()))
+}
+
+/// Complete the job in the caller's transaction (one already failed stays failed when
+/// `failed`); a lost lease is an error.
+async fn complete(
+    tx: &mut sqlx::PgConnection,
+    job_id: i64,
+    s: &WorkerSettings,
+    failed: bool,
+) -> Result<(), JobError> {
+    let completed = if failed {
+        jobs::complete_unless_failed(tx, job_id, &s.owner).await?
+    } else {
+        jobs::complete(tx, job_id, &s.owner).await?
+    };
+    if completed {
+        Ok(())
+    } else {
+        Err(JobError::LeaseLost)
+    }
+}
+
+/// Store the findings of this attempt and mark the skipped instances, with their reasons.
 async fn record_results(
     tx: &mut sqlx::PgConnection,
     job_id: i64,
-    fresh: &[(AnalysisRow, Vec<LabelRow>)],
-    skipped: &[(String, String)],
+    study: &str,
+    found: &Found,
 ) -> Result<(), sqlx::Error> {
-    for (row, labels) in fresh {
-        analysis::record_analysis(tx, job_id, row, labels).await?;
+    for image in &found.fresh {
+        analysis::record_analysis(tx, job_id, study, image).await?;
     }
-    for (sop, reason) in skipped {
+    for (sop, reason) in &found.skipped {
         analysis::set_state(tx, sop, "skipped", Some(reason)).await?;
     }
     Ok(())
-}
-
-fn analysed_instance(
-    p: &analysis::PendingInstance,
-    row: &AnalysisRow,
-    labels: &[LabelRow],
-) -> AnalysedInstance {
-    AnalysedInstance {
-        sop_instance_uid: p.sop_instance_uid.clone(),
-        sop_class_uid: p.sop_class_uid.clone(),
-        series_instance_uid: p.series_instance_uid.clone(),
-        cardiothoracic_ratio: row.cardiothoracic_ratio,
-        segmenter_name: row.segmenter_name.clone(),
-        segmenter_version: row.segmenter_version.clone(),
-        classifier_name: row.classifier_name.clone(),
-        classifier_version: row.classifier_version.clone(),
-        trained: row.trained,
-        labels: labels.to_vec(),
-    }
 }
 
 /// Run the models on a blocking thread, reading each instance through the storage; the analyser
@@ -544,45 +548,6 @@ fn observe(metrics: &Metrics, reports: &[ImageReport]) {
     }
 }
 
-/// The database rows of an analysed image; `None` when it was not analysed.
-fn to_rows(study: &str, sop: &str, r: &ImageReport) -> Option<(AnalysisRow, Vec<LabelRow>)> {
-    let (Some(probabilities), Some(f)) = (&r.probabilities, &r.findings) else {
-        return None;
-    };
-    let labels = probabilities
-        .0
-        .iter()
-        .map(|(label, p)| LabelRow {
-            label: label.clone(),
-            probability: p.clamp(0.0, 1.0),
-            threshold: f.thresholds.get(label).copied().unwrap_or(0.5),
-            present: f.calls.get(label) == Some(&Call::Present),
-        })
-        .collect();
-    let a = &f.anatomy;
-    let row = AnalysisRow {
-        sop_instance_uid: sop.to_string(),
-        study_instance_uid: study.to_string(),
-        segmenter_name: f.segmenter.name.clone(),
-        segmenter_version: f.segmenter.version.clone(),
-        classifier_name: f.classifier.name.clone(),
-        classifier_version: f.classifier.version.clone(),
-        trained: f.trained,
-        execution_provider: f.provider.clone(),
-        left_lung_mm2: a.left_lung.mm2,
-        right_lung_mm2: a.right_lung.mm2,
-        lung_area_fraction: Some(a.lungs.fraction),
-        heart_mm2: a.heart.mm2,
-        heart_area_fraction: Some(a.heart.fraction),
-        cardiothoracic_ratio: a.cardiothoracic_ratio,
-        decode_ms: r.timings.decode_ms,
-        preprocess_ms: r.timings.preprocess_ms,
-        segment_ms: r.timings.segment_ms,
-        classify_ms: r.timings.classify_ms,
-    };
-    Some((row, labels))
-}
-
 /// The header of a received instance, for the patient and study attributes of the SR.
 async fn read_source(storage: &Arc<dyn Storage>, key: &str) -> Result<SourceStudy, JobError> {
     let key = SpoolKey::parse(key).map_err(|e| JobError::Spool(e.to_string()))?;
@@ -614,64 +579,38 @@ fn summarise(reasons: &[String]) -> String {
 
 fn report_request(
     study: SourceStudy,
-    analysed: &[AnalysedInstance],
+    analysed: &[AnalysedImage],
     pending: &[analysis::PendingInstance],
     skipped: &[String],
     previous: Option<&analysis::ReportRow>,
-) -> Result<ReportRequest, JobError> {
-    let model = analysed.first().map(|a| ModelInfo {
-        classifier_name: a.classifier_name.clone(),
-        classifier_version: a.classifier_version.clone(),
-        segmenter_name: a.segmenter_name.clone(),
-        segmenter_version: a.segmenter_version.clone(),
-        trained: analysed.iter().all(|a| a.trained),
-        manufacturer: "cxr-worker".into(),
-        software_version: env!("CARGO_PKG_VERSION").into(),
-    });
-    let model = model.unwrap_or_else(|| ModelInfo {
-        classifier_name: "Anatomy-XNet".into(),
-        classifier_version: "n/a".into(),
-        segmenter_name: "anatomy segmenter".into(),
-        segmenter_version: "n/a".into(),
-        trained: false,
-        manufacturer: "cxr-worker".into(),
-        software_version: env!("CARGO_PKG_VERSION").into(),
-    });
+) -> ReportRequest {
+    let model = match analysed.first() {
+        Some(a) => ModelInfo {
+            classifier_name: a.models.classifier_name.clone(),
+            classifier_version: a.models.classifier_version.clone(),
+            segmenter_name: a.models.segmenter_name.clone(),
+            segmenter_version: a.models.segmenter_version.clone(),
+            trained: analysed.iter().all(|a| a.models.trained),
+            manufacturer: "cxr-worker".into(),
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        },
+        None => ModelInfo {
+            classifier_name: "Anatomy-XNet".into(),
+            classifier_version: "n/a".into(),
+            segmenter_name: "anatomy segmenter".into(),
+            segmenter_version: "n/a".into(),
+            trained: false,
+            manufacturer: "cxr-worker".into(),
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        },
+    };
     let content = if analysed.is_empty() {
         ReportContent::NotAnalysed {
-            received: pending
-                .iter()
-                .map(|p| ImageRef {
-                    sop_class_uid: p.sop_class_uid.clone(),
-                    sop_instance_uid: p.sop_instance_uid.clone(),
-                    series_instance_uid: p.series_instance_uid.clone(),
-                })
-                .collect(),
+            received: pending.iter().map(|p| p.image_ref()).collect(),
             reason: summarise(skipped),
         }
     } else {
-        ReportContent::Findings(
-            analysed
-                .iter()
-                .map(|a| AnalysedImage {
-                    image: ImageRef {
-                        sop_class_uid: a.sop_class_uid.clone(),
-                        sop_instance_uid: a.sop_instance_uid.clone(),
-                        series_instance_uid: a.series_instance_uid.clone(),
-                    },
-                    labels: a
-                        .labels
-                        .iter()
-                        .map(|l| LabelResult {
-                            label: l.label.clone(),
-                            probability: l.probability,
-                            threshold: l.threshold,
-                        })
-                        .collect(),
-                    cardiothoracic_ratio: a.cardiothoracic_ratio.map(|c| c as f32),
-                })
-                .collect(),
-        )
+        ReportContent::Findings(analysed.to_vec())
     };
     let predecessor = previous.map(|p| Predecessor {
         study_instance_uid: study.study_instance_uid.clone(),
@@ -679,7 +618,7 @@ fn report_request(
         sop_class_uid: report::sr::SR_SOP_CLASS_UID.to_string(),
         sop_instance_uid: p.sr_sop_instance_uid.clone(),
     });
-    Ok(ReportRequest {
+    ReportRequest {
         study,
         model,
         content,
@@ -691,7 +630,7 @@ fn report_request(
         sop_instance_uid: None,
         series_instance_uid: previous.map(|p| p.sr_series_instance_uid.clone()),
         uid_root: None,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -87,6 +87,7 @@ fn real_sr(seed: u32) -> BuiltReport {
             image,
             labels,
             cardiothoracic_ratio: Some(0.46),
+            ..AnalysedImage::default()
         }]),
         predecessor: None,
         completion: Completion::Complete,

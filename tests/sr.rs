@@ -80,6 +80,7 @@ fn analysed(obj: &InMemDicomObject, seed: u32, ctr: Option<f32>) -> AnalysedImag
         image: image_ref(obj),
         labels,
         cardiothoracic_ratio: ctr,
+        ..AnalysedImage::default()
     }
 }
 

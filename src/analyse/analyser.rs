@@ -16,6 +16,9 @@ use super::eligibility::{self, Eligibility};
 use super::helper::Decoder;
 use super::infer::{Engine, InferError};
 use super::preprocess;
+use crate::findings::{
+    AnalysedImage, ImageRef, LabelResult, Measurements, ModelVersions, StageTimings,
+};
 
 /// The warning attached to every result of a model whose `cxr.trained` is "false".
 pub const UNTRAINED_WARNING: &str = "UNTRAINED model: findings are not clinically meaningful";
@@ -136,6 +139,52 @@ pub struct ImageReport {
     pub probabilities: Option<LabelMap<f32>>,
     pub findings: Option<Findings>,
     pub timings: Timings,
+}
+
+impl ImageReport {
+    /// The findings of an analysed image, for the database and the report; `Err` with the reason
+    /// when the image was not analysed.
+    pub fn to_findings(&self, image: ImageRef) -> Result<AnalysedImage, String> {
+        let (Some(probabilities), Some(f)) = (&self.probabilities, &self.findings) else {
+            return Err(self.reason.clone());
+        };
+        let labels = probabilities
+            .0
+            .iter()
+            .map(|(label, p)| LabelResult {
+                label: label.clone(),
+                probability: p.clamp(0.0, 1.0),
+                threshold: f.thresholds.get(label).copied().unwrap_or(0.5),
+            })
+            .collect();
+        let a = &f.anatomy;
+        Ok(AnalysedImage {
+            image,
+            labels,
+            cardiothoracic_ratio: a.cardiothoracic_ratio.map(|c| c as f32),
+            measurements: Measurements {
+                left_lung_mm2: a.left_lung.mm2,
+                right_lung_mm2: a.right_lung.mm2,
+                lung_area_fraction: Some(a.lungs.fraction),
+                heart_mm2: a.heart.mm2,
+                heart_area_fraction: Some(a.heart.fraction),
+            },
+            models: ModelVersions {
+                segmenter_name: f.segmenter.name.clone(),
+                segmenter_version: f.segmenter.version.clone(),
+                classifier_name: f.classifier.name.clone(),
+                classifier_version: f.classifier.version.clone(),
+                trained: f.trained,
+                execution_provider: f.provider.clone(),
+            },
+            timings: StageTimings {
+                decode_ms: self.timings.decode_ms,
+                preprocess_ms: self.timings.preprocess_ms,
+                segment_ms: self.timings.segment_ms,
+                classify_ms: self.timings.classify_ms,
+            },
+        })
+    }
 }
 
 /// What the decode step needs to know: the caps, and the models' input sizes.

@@ -2,6 +2,10 @@
 
 use sqlx::{PgConnection, PgPool};
 
+use crate::findings::{
+    AnalysedImage, ImageRef, LabelResult, Measurements, ModelVersions, StageTimings,
+};
+
 /// An instance claimed by a job for analysis.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingInstance {
@@ -9,6 +13,17 @@ pub struct PendingInstance {
     pub sop_class_uid: String,
     pub series_instance_uid: String,
     pub spool_key: String,
+}
+
+impl PendingInstance {
+    /// A reference to the image, for the findings and the report.
+    pub fn image_ref(&self) -> ImageRef {
+        ImageRef {
+            sop_class_uid: self.sop_class_uid.clone(),
+            sop_instance_uid: self.sop_instance_uid.clone(),
+            series_instance_uid: self.series_instance_uid.clone(),
+        }
+    }
 }
 
 /// Claim the study's instances not yet processed (and those a crashed attempt left half-done).
@@ -48,48 +63,18 @@ pub async fn failed_instances(
     .await
 }
 
-/// One label's result on one image.
-#[derive(Debug, Clone)]
-pub struct LabelRow {
-    pub label: String,
-    pub probability: f32,
-    pub threshold: f32,
-    pub present: bool,
-}
-
-/// What the models found in one image, as stored.
-#[derive(Debug, Clone, Default)]
-pub struct AnalysisRow {
-    pub sop_instance_uid: String,
-    pub study_instance_uid: String,
-    pub segmenter_name: String,
-    pub segmenter_version: String,
-    pub classifier_name: String,
-    pub classifier_version: String,
-    pub trained: bool,
-    pub execution_provider: String,
-    pub left_lung_mm2: Option<f64>,
-    pub right_lung_mm2: Option<f64>,
-    pub lung_area_fraction: Option<f64>,
-    pub heart_mm2: Option<f64>,
-    pub heart_area_fraction: Option<f64>,
-    pub cardiothoracic_ratio: Option<f64>,
-    pub decode_ms: f64,
-    pub preprocess_ms: f64,
-    pub segment_ms: f64,
-    pub classify_ms: f64,
-}
-
 /// Store an image's analysis and findings (replacing an earlier one on reprocess) and mark the
 /// instance analysed.
 pub async fn record_analysis(
     tx: &mut PgConnection,
     job_id: i64,
-    a: &AnalysisRow,
-    labels: &[LabelRow],
+    study: &str,
+    a: &AnalysedImage,
 ) -> Result<(), sqlx::Error> {
+    let sop = a.image.sop_instance_uid.as_str();
+    let (m, v, t) = (&a.measurements, &a.models, &a.timings);
     sqlx::query("DELETE FROM analyses WHERE sop_instance_uid = $1")
-        .bind(&a.sop_instance_uid)
+        .bind(sop)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
@@ -99,43 +84,43 @@ pub async fn record_analysis(
              cardiothoracic_ratio, decode_ms, preprocess_ms, segment_ms, classify_ms)
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)",
     )
-    .bind(&a.sop_instance_uid)
-    .bind(&a.study_instance_uid)
+    .bind(sop)
+    .bind(study)
     .bind(job_id)
-    .bind(&a.segmenter_name)
-    .bind(&a.segmenter_version)
-    .bind(&a.classifier_name)
-    .bind(&a.classifier_version)
-    .bind(a.trained)
-    .bind(&a.execution_provider)
-    .bind(a.left_lung_mm2)
-    .bind(a.right_lung_mm2)
-    .bind(a.lung_area_fraction)
-    .bind(a.heart_mm2)
-    .bind(a.heart_area_fraction)
-    .bind(a.cardiothoracic_ratio)
-    .bind(a.decode_ms)
-    .bind(a.preprocess_ms)
-    .bind(a.segment_ms)
-    .bind(a.classify_ms)
+    .bind(&v.segmenter_name)
+    .bind(&v.segmenter_version)
+    .bind(&v.classifier_name)
+    .bind(&v.classifier_version)
+    .bind(v.trained)
+    .bind(&v.execution_provider)
+    .bind(m.left_lung_mm2)
+    .bind(m.right_lung_mm2)
+    .bind(m.lung_area_fraction)
+    .bind(m.heart_mm2)
+    .bind(m.heart_area_fraction)
+    .bind(a.cardiothoracic_ratio.map(f64::from))
+    .bind(t.decode_ms)
+    .bind(t.preprocess_ms)
+    .bind(t.segment_ms)
+    .bind(t.classify_ms)
     .execute(&mut *tx)
     .await?;
-    for (index, l) in labels.iter().enumerate() {
+    for (index, l) in a.labels.iter().enumerate() {
         sqlx::query(
             "INSERT INTO findings (sop_instance_uid, study_instance_uid, label, label_index,
                  probability, threshold, present) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(&a.sop_instance_uid)
-        .bind(&a.study_instance_uid)
+        .bind(sop)
+        .bind(study)
         .bind(&l.label)
         .bind(index as i16)
         .bind(l.probability)
         .bind(l.threshold)
-        .bind(l.present)
+        .bind(l.is_present())
         .execute(&mut *tx)
         .await?;
     }
-    set_state(tx, &a.sop_instance_uid, "analysed", None).await
+    set_state(tx, sop, "analysed", None).await
 }
 
 /// Set an instance's processing state, with its reason.
@@ -157,41 +142,41 @@ pub async fn set_state(
     Ok(())
 }
 
-/// An analysed image of a study with its findings, for the report.
-#[derive(Debug, Clone)]
-pub struct AnalysedInstance {
-    pub sop_instance_uid: String,
-    pub sop_class_uid: String,
-    pub series_instance_uid: String,
-    pub cardiothoracic_ratio: Option<f64>,
-    pub segmenter_name: String,
-    pub segmenter_version: String,
-    pub classifier_name: String,
-    pub classifier_version: String,
-    pub trained: bool,
-    pub labels: Vec<LabelRow>,
+#[derive(sqlx::FromRow)]
+struct AnalysisRow {
+    sop_instance_uid: String,
+    sop_class_uid: String,
+    series_instance_uid: String,
+    cardiothoracic_ratio: Option<f64>,
+    left_lung_mm2: Option<f64>,
+    right_lung_mm2: Option<f64>,
+    lung_area_fraction: Option<f64>,
+    heart_mm2: Option<f64>,
+    heart_area_fraction: Option<f64>,
+    segmenter_name: String,
+    segmenter_version: String,
+    classifier_name: String,
+    classifier_version: String,
+    trained: bool,
+    execution_provider: String,
+    decode_ms: f64,
+    preprocess_ms: f64,
+    segment_ms: f64,
+    classify_ms: f64,
 }
 
-/// Every analysed image of the study, with its findings in the model's label order.
-pub async fn analysed_instances(
+/// Every analysed image of the study, oldest first, with its findings in the model's label order.
+pub async fn analysed_images(
     pool: &PgPool,
     study: &str,
-) -> Result<Vec<AnalysedInstance>, sqlx::Error> {
-    type Row = (
-        String,
-        String,
-        String,
-        Option<f64>,
-        String,
-        String,
-        String,
-        String,
-        bool,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
+) -> Result<Vec<AnalysedImage>, sqlx::Error> {
+    let rows: Vec<AnalysisRow> = sqlx::query_as(
         "SELECT a.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, a.cardiothoracic_ratio,
-                a.segmenter_name, a.segmenter_version, a.classifier_name, a.classifier_version,
-                a.trained
+                a.left_lung_mm2, a.right_lung_mm2, a.lung_area_fraction, a.heart_mm2,
+                a.heart_area_fraction, a.segmenter_name, a.segmenter_version, a.classifier_name,
+                a.classifier_version, a.trained, a.execution_provider,
+                COALESCE(a.decode_ms, 0) AS decode_ms, COALESCE(a.preprocess_ms, 0) AS preprocess_ms,
+                COALESCE(a.segment_ms, 0) AS segment_ms, COALESCE(a.classify_ms, 0) AS classify_ms
          FROM analyses a JOIN instances i USING (sop_instance_uid)
          WHERE a.study_instance_uid = $1 AND i.state = 'analysed'
          ORDER BY i.received_at",
@@ -200,33 +185,50 @@ pub async fn analysed_instances(
     .fetch_all(pool)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
-    for (sop, class, series, ctr, sn, sv, cn, cv, trained) in rows {
-        let labels: Vec<(String, f32, f32, bool)> = sqlx::query_as(
-            "SELECT label, probability, threshold, present FROM findings
+    for r in rows {
+        let labels: Vec<(String, f32, f32)> = sqlx::query_as(
+            "SELECT label, probability, threshold FROM findings
              WHERE sop_instance_uid = $1 ORDER BY label_index",
         )
-        .bind(&sop)
+        .bind(&r.sop_instance_uid)
         .fetch_all(pool)
         .await?;
-        out.push(AnalysedInstance {
-            sop_instance_uid: sop,
-            sop_class_uid: class,
-            series_instance_uid: series,
-            cardiothoracic_ratio: ctr,
-            segmenter_name: sn,
-            segmenter_version: sv,
-            classifier_name: cn,
-            classifier_version: cv,
-            trained,
+        out.push(AnalysedImage {
+            image: ImageRef {
+                sop_class_uid: r.sop_class_uid,
+                sop_instance_uid: r.sop_instance_uid,
+                series_instance_uid: r.series_instance_uid,
+            },
             labels: labels
                 .into_iter()
-                .map(|(label, probability, threshold, present)| LabelRow {
+                .map(|(label, probability, threshold)| LabelResult {
                     label,
                     probability,
                     threshold,
-                    present,
                 })
                 .collect(),
+            cardiothoracic_ratio: r.cardiothoracic_ratio.map(|c| c as f32),
+            measurements: Measurements {
+                left_lung_mm2: r.left_lung_mm2,
+                right_lung_mm2: r.right_lung_mm2,
+                lung_area_fraction: r.lung_area_fraction,
+                heart_mm2: r.heart_mm2,
+                heart_area_fraction: r.heart_area_fraction,
+            },
+            models: ModelVersions {
+                segmenter_name: r.segmenter_name,
+                segmenter_version: r.segmenter_version,
+                classifier_name: r.classifier_name,
+                classifier_version: r.classifier_version,
+                trained: r.trained,
+                execution_provider: r.execution_provider,
+            },
+            timings: StageTimings {
+                decode_ms: r.decode_ms,
+                preprocess_ms: r.preprocess_ms,
+                segment_ms: r.segment_ms,
+                classify_ms: r.classify_ms,
+            },
         });
     }
     Ok(out)

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::dicom::uid::is_received_uid;
 
+pub use crate::findings::{AnalysedImage, ImageRef, LabelResult};
 pub use sr::{BuiltReport, build_sr};
 
 /// The kinds of outgoing object, as recorded in `outbox.kind` (migration 0006 lists them).
@@ -189,17 +190,6 @@ pub struct OwnedCode {
     pub meaning: String,
 }
 
-/// A reference to one DICOM instance of the study (an analysed or received image).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageRef {
-    /// SOP Class UID.
-    pub sop_class_uid: String,
-    /// SOP Instance UID.
-    pub sop_instance_uid: String,
-    /// Series Instance UID.
-    pub series_instance_uid: String,
-}
-
 /// A reference to an earlier SR of the same study, for a revised report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Predecessor {
@@ -211,35 +201,6 @@ pub struct Predecessor {
     pub sop_class_uid: String,
     /// SOP Instance UID of the earlier SR.
     pub sop_instance_uid: String,
-}
-
-/// One label's result for one image.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LabelResult {
-    /// The label as the model contract spells it, e.g. `Pleural_Thickening`.
-    pub label: String,
-    /// The model's probability, in [0, 1].
-    pub probability: f32,
-    /// The model's threshold for this label (`cxr.thresholds`), in [0, 1].
-    pub threshold: f32,
-}
-
-impl LabelResult {
-    /// The call at the threshold: present when `probability >= threshold`.
-    pub fn is_present(&self) -> bool {
-        self.probability >= self.threshold
-    }
-}
-
-/// One analysed (frontal chest) image and its results.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnalysedImage {
-    /// The image.
-    pub image: ImageRef,
-    /// One result per label, in any order; each label at most once.
-    pub labels: Vec<LabelResult>,
-    /// Cardiothoracic ratio from the segmentation masks, where they give one.
-    pub cardiothoracic_ratio: Option<f32>,
 }
 
 /// The models and software that produced the results.
