@@ -5,6 +5,26 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The 14 ChestX-ray14 labels, in the order of the classifier's outputs: the one list. The model
+/// contract (`cxr.labels`), the SR's codes (`report::codes::LABELS`) and the admin commands read
+/// it; `tests/labels.rs` checks it against the Python contract (`onnx/cxr_models/contract.py`).
+pub const LABELS: [&str; 14] = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+];
+
 /// A reference to one received image.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRef {

@@ -14,23 +14,8 @@ pub const MAX_IR_VERSION: i64 = 13;
 pub const MIN_OPSET: i64 = 17;
 /// The contract version this worker implements (`cxr.contract`).
 pub const CONTRACT_VERSION: &str = "1";
-/// The 14 ChestX-ray14 labels in NIH order: the classifier's output order.
-pub const LABELS: [&str; 14] = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-];
+/// The 14 ChestX-ray14 labels, in the order of the classifier's outputs (`findings::LABELS`).
+pub use crate::findings::LABELS;
 /// Segmenter channels that must come first, in this order.
 pub const SEGMENTER_CHANNELS: [&str; 3] = ["left_lung", "right_lung", "heart"];
 /// Classifier mask channels.

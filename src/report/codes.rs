@@ -140,70 +140,49 @@ const fn label(label: &'static str, finding: Code, site: Option<Code>) -> LabelC
     }
 }
 
-/// The 14 labels in contract order, with finding code and site.
+use crate::findings::LABELS as L;
+
+/// The 14 labels in contract order (each named from [`crate::findings::LABELS`]), with finding
+/// code and site.
 ///
 /// Sites: lung parenchyma findings → Lung; Cardiomegaly → Heart; Effusion, Pneumothorax and
 /// Pleural thickening (pleural space / pleura) → Pleural structure; Mass and Nodule → Lung (the
 /// model is trained on lung-field masses and nodules); Hernia → none.
 pub const LABELS: [LabelCoding; 14] = [
+    label(L[0], code("46621007", "SCT", "Atelectasis"), Some(LUNG)),
+    label(L[1], code("8186001", "SCT", "Cardiomegaly"), Some(HEART)),
     label(
-        "Atelectasis",
-        code("46621007", "SCT", "Atelectasis"),
-        Some(LUNG),
-    ),
-    label(
-        "Cardiomegaly",
-        code("8186001", "SCT", "Cardiomegaly"),
-        Some(HEART),
-    ),
-    label(
-        "Effusion",
+        L[2],
         code("60046008", "SCT", "Pleural effusion"),
         Some(PLEURAL_STRUCTURE),
     ),
+    label(L[3], code("112121", "DCM", "Infiltrate"), Some(LUNG)),
+    label(L[4], code("4147007", "SCT", "Mass"), Some(LUNG)),
+    label(L[5], code("27925004", "SCT", "Nodule"), Some(LUNG)),
+    label(L[6], code("233604007", "SCT", "Pneumonia"), Some(LUNG)),
     label(
-        "Infiltration",
-        code("112121", "DCM", "Infiltrate"),
-        Some(LUNG),
-    ),
-    label("Mass", code("4147007", "SCT", "Mass"), Some(LUNG)),
-    label("Nodule", code("27925004", "SCT", "Nodule"), Some(LUNG)),
-    label(
-        "Pneumonia",
-        code("233604007", "SCT", "Pneumonia"),
-        Some(LUNG),
-    ),
-    label(
-        "Pneumothorax",
+        L[7],
         code("36118008", "SCT", "Pneumothorax"),
         Some(PLEURAL_STRUCTURE),
     ),
+    label(L[8], code("95436008", "SCT", "Consolidation"), Some(LUNG)),
+    label(L[9], code("19242006", "SCT", "Pulmonary edema"), Some(LUNG)),
     label(
-        "Consolidation",
-        code("95436008", "SCT", "Consolidation"),
-        Some(LUNG),
-    ),
-    label(
-        "Edema",
-        code("19242006", "SCT", "Pulmonary edema"),
-        Some(LUNG),
-    ),
-    label(
-        "Emphysema",
+        L[10],
         code("87433001", "SCT", "Pulmonary emphysema"),
         Some(LUNG),
     ),
     label(
-        "Fibrosis",
+        L[11],
         code("51615001", "SCT", "Fibrosis of lung"),
         Some(LUNG),
     ),
     label(
-        "Pleural_Thickening",
+        L[12],
         code("PLEURTHICK", PRIVATE_SCHEME, "Pleural thickening"),
         Some(PLEURAL_STRUCTURE),
     ),
-    label("Hernia", code("84089009", "SCT", "Hiatal hernia"), None),
+    label(L[13], code("84089009", "SCT", "Hiatal hernia"), None),
 ];
 
 /// The coding of a contract label, or `None` for a label this report does not know.
