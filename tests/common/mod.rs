@@ -29,6 +29,6 @@ pub use {
     models::{ort_library, tiny_models_section, venv_ort_library},
     notify::messages_until,
     pg_cluster::PrivatePg,
-    ports::free_port,
+    ports::{PortReservation, listens, reserve_port},
     pynetdicom::{Ack, pynetdicom_send},
 };

@@ -2,14 +2,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
-use super::{run, text};
+use super::{PortReservation, reserve_port, run, text};
 
 /// A private PostgreSQL cluster (own data directory and port) that a test may stop and start.
+/// While it is stopped its port stays reserved, when that can be (refusing connections).
 pub struct PrivatePg {
     dir: PathBuf,
     pub port: u16,
     bin: PathBuf,
+    held: Mutex<Option<PortReservation>>,
 }
 
 fn pg_bin() -> PathBuf {
@@ -45,10 +48,8 @@ impl PrivatePg {
                     .success()
             );
         }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let reserved = reserve_port();
+        let port = reserved.port();
         let bin = pg_bin();
         let data = dir.join("data");
         let out = as_postgres(
@@ -71,7 +72,12 @@ impl PrivatePg {
         let mut existing = std::fs::read_to_string(&conf_path).unwrap();
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).unwrap();
-        let pg = Self { dir, port, bin };
+        let pg = Self {
+            dir,
+            port,
+            bin,
+            held: Mutex::new(Some(reserved)),
+        };
         pg.pg_start();
         pg
     }
@@ -83,6 +89,9 @@ impl PrivatePg {
     pub fn pg_start(&self) {
         let data = self.dir.join("data");
         let log = self.dir.join("server.log");
+        if let Some(reserved) = self.held.lock().unwrap().take() {
+            reserved.release();
+        }
         let out = as_postgres(
             &self.bin.join("pg_ctl"),
             &[
@@ -94,7 +103,12 @@ impl PrivatePg {
                 "start",
             ],
         );
-        assert!(out.status.success(), "pg_ctl start: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}\n{}",
+            text(&out),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     pub fn pg_stop(&self) {
@@ -111,6 +125,8 @@ impl PrivatePg {
             ],
         );
         assert!(out.status.success(), "pg_ctl stop: {}", text(&out));
+        // best effort: connections of the stopped server may linger on the port
+        *self.held.lock().unwrap() = PortReservation::hold(self.port).ok();
     }
 }
 
