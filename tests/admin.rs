@@ -522,11 +522,8 @@ async fn check_config_reports_each_check_with_its_key() {
             root.join("onnx/tiny/anatomy-segmenter.onnx").display(),
         )
     };
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = reserve_port(); // held to the end: connections are refused
+    let closed_port = closed.port();
     let nowhere = format!("postgres://cxr:secret@127.0.0.1:{closed_port}/cxr");
     let sub = dir.join("missing");
     std::fs::create_dir_all(&sub).unwrap();

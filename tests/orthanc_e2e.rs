@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gate::{dicom_field, validate};
-use orthanc::{ORTHANC_AET, Orthanc, free_port};
+use orthanc::{ORTHANC_AET, Orthanc};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -59,11 +59,12 @@ impl Site {
     async fn start(study: &str) -> Self {
         let db = TestDb::create().await;
         let pool = db.pool().await;
-        let orthanc_port = free_port();
+        let orthanc = reserve_port(); // held until Orthanc starts on it
+        let orthanc_port = orthanc.port();
         let dir = tempfile::tempdir().unwrap().keep();
         let config = daemon_config(&dir, &db.url, orthanc_port, study);
         let daemon = Daemon::start_with(dir, config);
-        let pacs = Orthanc::start_with_peer(orthanc_port, AE, daemon.addr.port());
+        let pacs = Orthanc::start_with_peer(orthanc, AE, daemon.addr.port());
         Self {
             daemon,
             pacs,

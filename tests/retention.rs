@@ -159,7 +159,7 @@ async fn retention_removes_delivered_studies_only() {
     wait_until(&pool, DELIVERED, &a, Duration::from_secs(120)).await;
 
     // study B is analysed and reported, but the PACS is down: not delivered
-    drop(pacs.take()); // the PACS goes down
+    let down = pacs.take().unwrap().stop(); // the PACS goes down; its port stays held
     let acks = pynetdicom_send(&d, "MODALITY", 1, &[fixture("966_fixed.dcm")]);
     assert_eq!(acks[0].status, 0);
     let b = study_of(&pool, 1).await;
@@ -194,7 +194,7 @@ async fn retention_removes_delivered_studies_only() {
 
     // the PACS comes back: B is delivered, then removed in its turn
     pacs = Some(StoreScp::start_on(
-        pacs_port,
+        down,
         &pacs_dir,
         &["-aet", "PACS", "+xa", "-uf"],
     ));

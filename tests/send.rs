@@ -31,8 +31,8 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use common::{StoreScp, TestDb};
-use orthanc::{ORTHANC_AET, Orthanc, free_port};
+use common::{StoreScp, TestDb, reserve_port};
+use orthanc::{ORTHANC_AET, Orthanc};
 
 const CALLING: &str = "CXR_TEST";
 
@@ -278,8 +278,13 @@ async fn sr_reaches_storescp_intact_through_the_outbox() {
     let db = TestDb::create().await;
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let scp = StoreScp::start_on(port, &dir.path().join("in"), &["-aet", "STORESCP", "+B"]);
+    let reserved = reserve_port();
+    let port = reserved.port();
+    let scp = StoreScp::start_on(
+        reserved,
+        &dir.path().join("in"),
+        &["-aet", "STORESCP", "+B"],
+    );
     let dests = [destination("storescp", "STORESCP", port)];
     let sr = real_sr(1);
     let study = study_uid(&sr);
@@ -341,9 +346,10 @@ async fn sr_reaches_storescp_intact_through_the_outbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn implicit_only_peer_receives_a_re_encoded_sr() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let reserved = reserve_port();
+    let port = reserved.port();
     // +xi: accept Implicit VR Little Endian only
-    let scp = StoreScp::start_on(port, &dir.path().join("in"), &["+xi", "+B"]);
+    let scp = StoreScp::start_on(reserved, &dir.path().join("in"), &["+xi", "+B"]);
     let sr = real_sr(2);
     let delivered = scu::store(
         &destination("implicit", "ANY", port),
@@ -387,7 +393,8 @@ async fn destination_down_then_up_gets_exactly_one_sr_after_backoff() {
     let db = TestDb::create().await;
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(); // nothing listens yet
+    let reserved = reserve_port(); // nothing listens yet: held, connections are refused
+    let port = reserved.port();
     let dests = [destination("late", "STORESCP", port)];
     let sr = real_sr(3);
     let study = study_uid(&sr);
@@ -405,7 +412,7 @@ async fn destination_down_then_up_gets_exactly_one_sr_after_backoff() {
     let err = r[0].last_error.clone().unwrap();
     assert!(err.contains("cannot connect to 127.0.0.1:"), "{err}");
 
-    let scp = StoreScp::start_on(port, &dir.path().join("in"), &["+B"]);
+    let scp = StoreScp::start_on(reserved, &dir.path().join("in"), &["+B"]);
     let r = wait_rows(&pool, &study, Duration::from_secs(20), |r| {
         r[0].state == "sent"
     })
@@ -444,9 +451,10 @@ async fn failure_status_is_retried_then_failed_then_requeued_and_sent() {
     let db = TestDb::create().await;
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let reserved = reserve_port();
+    let port = reserved.port();
     let inbox = dir.path().join("in");
-    let scp = StoreScp::start_on(port, &inbox, &["+B"]);
+    let scp = StoreScp::start_on(reserved, &inbox, &["+B"]);
     // storescp answers A700 (out of resources) when it cannot write the file
     std::fs::remove_dir(&inbox).unwrap();
     let dests = [destination("full", "STORESCP", port)];
@@ -505,11 +513,13 @@ async fn permanent_rejection_fails_at_once_and_a_removed_destination_fails() {
     let db = TestDb::create().await;
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _scp = StoreScp::start_on(port, &dir.path().join("in"), &["--refuse"]);
+    let reserved = reserve_port();
+    let port = reserved.port();
+    let _scp = StoreScp::start_on(reserved, &dir.path().join("in"), &["--refuse"]);
+    let gone = reserve_port(); // held to the end: nothing ever listens there
     let dests = [
         destination("refuser", "STORESCP", port),
-        destination("gone", "GONE", free_port()),
+        destination("gone", "GONE", gone.port()),
     ];
     let sr = real_sr(5);
     let study = study_uid(&sr);
@@ -542,8 +552,9 @@ async fn expired_lease_is_taken_over_and_a_live_lease_is_respected() {
     let db = TestDb::create().await;
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let scp = StoreScp::start_on(port, &dir.path().join("in"), &["+B"]);
+    let reserved = reserve_port();
+    let port = reserved.port();
+    let scp = StoreScp::start_on(reserved, &dir.path().join("in"), &["+B"]);
     let dests = [destination("storescp", "STORESCP", port)];
     let crashed = real_sr(6);
     let alive = real_sr(7);
@@ -600,10 +611,11 @@ async fn two_senders_on_one_database_never_send_a_row_twice() {
     let db = TestDb::create().await;
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let reserved = reserve_port();
+    let port = reserved.port();
     // a child per association, each store takes a second: sends overlap; +uf keeps duplicates
     let scp = StoreScp::start_on(
-        port,
+        reserved,
         &dir.path().join("in"),
         &["--fork", "--sleep-during", "1", "+uf"],
     );
@@ -659,7 +671,8 @@ async fn orthanc_down_then_up_stores_exactly_one_intact_sr() {
     let db = TestDb::create().await;
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(); // Orthanc is not running yet
+    let reserved = reserve_port(); // Orthanc is not running yet: held, connections are refused
+    let port = reserved.port();
     let dests = [destination("orthanc", ORTHANC_AET, port)];
     let sr = real_sr(20);
     let study = study_uid(&sr);
@@ -670,7 +683,7 @@ async fn orthanc_down_then_up_stores_exactly_one_intact_sr() {
     })
     .await;
 
-    let pacs = Orthanc::start(port, CALLING);
+    let pacs = Orthanc::start(reserved, CALLING);
     let r = wait_rows(&pool, &study, Duration::from_secs(30), |r| {
         r[0].state == "sent"
     })
@@ -712,8 +725,9 @@ async fn orthanc_refuses_an_unknown_calling_ae_and_the_row_fails_visibly() {
     let db = TestDb::create().await;
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let pacs = Orthanc::start(port, "SOMEONE_ELSE");
+    let reserved = reserve_port();
+    let port = reserved.port();
+    let pacs = Orthanc::start(reserved, "SOMEONE_ELSE");
     let dests = [destination("orthanc", ORTHANC_AET, port)];
     let sr = real_sr(21);
     let study = study_uid(&sr);
@@ -735,7 +749,8 @@ async fn sender_rides_out_a_database_outage() {
     let db = TestDb::create_on(&pg.admin_url()).await;
     let pool = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(); // the destination is down too, at first
+    let reserved = reserve_port(); // the destination is down too, at first: held
+    let port = reserved.port();
     let dests = [destination("storescp", "STORESCP", port)];
     let sr = real_sr(30);
     let study = study_uid(&sr);
@@ -752,7 +767,7 @@ async fn sender_rides_out_a_database_outage() {
         !sender.handle.is_finished(),
         "the sender must survive the outage"
     );
-    let scp = StoreScp::start_on(port, &dir.path().join("in"), &["+B"]);
+    let scp = StoreScp::start_on(reserved, &dir.path().join("in"), &["+B"]);
     pg.pg_start();
 
     let r = wait_rows(&pool, &study, Duration::from_secs(60), |r| {

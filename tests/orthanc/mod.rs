@@ -1,5 +1,6 @@
 //! Orthanc (Debian package `orthanc`) as a real PACS in tests: started from our own config
-//! (tests/orthanc/orthanc.json) on free loopback ports, in a temporary directory, stopped on drop.
+//! (tests/orthanc/orthanc.json) on reserved loopback ports, in a temporary directory, stopped on
+//! drop. While it is stopped its ports stay reserved, when that can be (refusing connections).
 //!
 //! Orthanc 1.10 has no bind-address option: its DICOM and HTTP servers listen on all interfaces.
 //! The config keeps it closed anyway: HTTP refuses non-loopback clients (`RemoteAccessAllowed`
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::{PortReservation, listens, reserve_port};
+
 pub const ORTHANC_AET: &str = "ORTHANC_TEST";
 
 /// The name under which cxr-worker is registered in Orthanc's `DicomModalities`.
@@ -26,28 +29,25 @@ pub struct Orthanc {
     pub http_port: u16,
     pub dir: PathBuf,
     config_path: PathBuf,
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    /// The ports, held while Orthanc is not running.
+    held: Vec<PortReservation>,
 }
 
 impl Orthanc {
-    /// Start Orthanc on `dicom_port`, admitting C-STOREs from `calling_ae` on 127.0.0.1 only.
-    pub fn start(dicom_port: u16, calling_ae: &str) -> Self {
-        Self::start_with_peer(dicom_port, calling_ae, 11112)
+    /// Start Orthanc with its DICOM server on the reserved port `dicom`, admitting C-STOREs from
+    /// `calling_ae` on 127.0.0.1 only.
+    pub fn start(dicom: PortReservation, calling_ae: &str) -> Self {
+        Self::start_with_peer(dicom, calling_ae, 11112)
     }
 
-    /// Start Orthanc on `dicom_port` with cxr-worker registered as the modality [`CXR_MODALITY`]:
-    /// AE title `ae` on 127.0.0.1:`peer_port`. Orthanc admits C-STOREs from `ae` on 127.0.0.1
-    /// only, and sends to it with `POST /modalities/cxr/store` ([`Orthanc::push`]).
-    pub fn start_with_peer(dicom_port: u16, ae: &str, peer_port: u16) -> Self {
+    /// Start Orthanc with its DICOM server on the reserved port `dicom` and cxr-worker registered
+    /// as the modality [`CXR_MODALITY`]: AE title `ae` on 127.0.0.1:`peer_port`. Orthanc admits
+    /// C-STOREs from `ae` on 127.0.0.1 only, and sends to it with `POST /modalities/cxr/store`
+    /// ([`Orthanc::push`]).
+    pub fn start_with_peer(dicom: PortReservation, ae: &str, peer_port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap().keep();
-        let http_port = free_port();
+        let http = reserve_port();
+        let (dicom_port, http_port) = (dicom.port(), http.port());
         let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/orthanc/orthanc.json");
         let mut config: Value = serde_json::from_slice(&std::fs::read(&template).unwrap()).unwrap();
         let storage = dir.join("storage");
@@ -65,6 +65,7 @@ impl Orthanc {
             http_port,
             dir,
             config_path,
+            held: vec![dicom, http],
         };
         o.restart();
         o
@@ -79,6 +80,9 @@ impl Orthanc {
             .append(true)
             .open(self.dir.join("orthanc.log"))
             .unwrap();
+        for port in self.held.drain(..) {
+            port.release();
+        }
         let child = Command::new("Orthanc")
             .arg(&self.config_path)
             .current_dir(&self.dir)
@@ -91,25 +95,35 @@ impl Orthanc {
     }
 
     /// Stop Orthanc at once (SIGKILL: a crash or a power cut; SIGTERM takes it seconds) and wait
-    /// until its DICOM port is closed; the storage stays for [`Orthanc::restart`].
+    /// until its DICOM port is closed; the storage stays for [`Orthanc::restart`], and the ports
+    /// are held until then (best effort: connections of the stopped Orthanc may linger there).
     pub fn stop(&mut self) {
         let mut child = self.child.take().expect("Orthanc is running");
         child.kill().unwrap();
         child.wait().unwrap();
+        self.held = [self.dicom_port, self.http_port]
+            .into_iter()
+            .filter_map(|port| PortReservation::hold(port).ok())
+            .collect();
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", self.dicom_port)).is_err(),
             "something still listens on Orthanc's DICOM port"
         );
     }
 
+    /// Until Orthanc itself listens on both ports and answers over HTTP; should it exit instead
+    /// (a port taken after all), the panic carries its log.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            let child = self.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
                 panic!("Orthanc exited ({status}):\n{}", self.log());
             }
-            if self.try_get("/system").is_some()
-                && std::net::TcpStream::connect(("127.0.0.1", self.dicom_port)).is_ok()
+            let pid = child.id();
+            if listens(pid, self.dicom_port)
+                && listens(pid, self.http_port)
+                && self.try_get("/system").is_some()
             {
                 return;
             }

@@ -1,0 +1,181 @@
+//! `[dicom]`: the C-STORE SCP's AE title, address, admission limits, timeouts and accepted SOP
+//! classes; the file's shape, its validation and the typed form.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, invalid, positive, seconds};
+use crate::dicom::ae::{AeTitle, AllowedPeer};
+use crate::dicom::sop_classes;
+
+#[derive(Debug, Clone)]
+pub struct DicomConfig {
+    pub ae_title: AeTitle,
+    pub listen: SocketAddr,
+    /// Empty: any calling AE title is accepted.
+    pub allowed_calling_ae_titles: Vec<AllowedPeer>,
+    /// Associations served at once; more are rejected as transient.
+    pub max_associations: usize,
+    /// Associations served at once from one peer address.
+    pub max_associations_per_host: usize,
+    /// Connections waiting for their A-ASSOCIATE-RQ, in all; more are closed at once.
+    pub max_pending_associations: usize,
+    /// Connections waiting for their A-ASSOCIATE-RQ from one peer address.
+    pub max_pending_per_host: usize,
+    /// How long a new connection has to send its A-ASSOCIATE-RQ.
+    pub association_request_timeout: Duration,
+    /// Bytes that received data may hold in memory at once, all associations together.
+    pub receive_memory_budget_bytes: usize,
+    pub max_pdu_length: u32,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Largest data set accepted in one C-STORE, in bytes.
+    pub max_dataset_bytes: usize,
+    /// SOP classes accepted for C-STORE.
+    pub accepted_sop_classes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDicom {
+    ae_title: Option<String>,
+    listen: Option<String>,
+    #[serde(default)]
+    allowed_calling_ae_titles: Vec<String>,
+    max_associations: Option<i64>,
+    max_associations_per_host: Option<i64>,
+    max_pending_associations: Option<i64>,
+    max_pending_per_host: Option<i64>,
+    association_request_timeout_secs: Option<f64>,
+    receive_memory_mb: Option<f64>,
+    max_pdu_length: Option<i64>,
+    read_timeout_secs: Option<f64>,
+    write_timeout_secs: Option<f64>,
+    max_dataset_mb: Option<f64>,
+    accepted_sop_classes: Option<Vec<String>>,
+}
+
+impl RawDicom {
+    pub(super) fn validate(self) -> Result<DicomConfig, ConfigError> {
+        let ae_title = AeTitle::parse(self.ae_title.as_deref().unwrap_or("CXR_WORKER"))
+            .map_err(|m| invalid("dicom.ae_title", m))?;
+        let listen_raw = self.listen.unwrap_or_else(|| "0.0.0.0:11112".into());
+        let listen: SocketAddr = listen_raw.parse().map_err(|_| {
+            invalid(
+                "dicom.listen",
+                format!("{listen_raw:?} is not \"host:port\" with an IP address"),
+            )
+        })?;
+        let allowed_calling_ae_titles = self
+            .allowed_calling_ae_titles
+            .iter()
+            .map(|s| AllowedPeer::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid("dicom.allowed_calling_ae_titles", m))?;
+        let max_associations = positive(
+            "dicom.max_associations",
+            self.max_associations.unwrap_or(32),
+            4096,
+        )? as usize;
+        let max_associations_per_host = positive(
+            "dicom.max_associations_per_host",
+            self.max_associations_per_host
+                .unwrap_or(16.min(max_associations as i64)),
+            max_associations as i64,
+        )? as usize;
+        let max_pending_associations = positive(
+            "dicom.max_pending_associations",
+            self.max_pending_associations.unwrap_or(64),
+            65_536,
+        )? as usize;
+        let max_pending_per_host = positive(
+            "dicom.max_pending_per_host",
+            self.max_pending_per_host
+                .unwrap_or(8.min(max_pending_associations as i64)),
+            max_pending_associations as i64,
+        )? as usize;
+        let max_pdu_length = self.max_pdu_length.unwrap_or(131_072);
+        if !(4096..=1_048_576).contains(&max_pdu_length) {
+            return Err(invalid(
+                "dicom.max_pdu_length",
+                format!("{max_pdu_length} is out of range 4096..=1048576"),
+            ));
+        }
+        let receive_memory_mb = self.receive_memory_mb.unwrap_or(256.0);
+        // one association's read buffers and a few fragments must fit
+        let least = (8 * max_pdu_length) as f64 / 1_048_576.0;
+        if !(receive_memory_mb.is_finite()
+            && receive_memory_mb >= least
+            && receive_memory_mb <= 1_048_576.0)
+        {
+            return Err(invalid(
+                "dicom.receive_memory_mb",
+                format!(
+                    "{receive_memory_mb} is out of range [{least}, 1048576] \
+                     (at least 8 PDUs of dicom.max_pdu_length)"
+                ),
+            ));
+        }
+        let max_dataset_mb = self.max_dataset_mb.unwrap_or(512.0);
+        if !(max_dataset_mb.is_finite() && max_dataset_mb > 0.0 && max_dataset_mb <= 4096.0) {
+            return Err(invalid(
+                "dicom.max_dataset_mb",
+                format!("{max_dataset_mb} is out of range (0, 4096]"),
+            ));
+        }
+        let accepted_sop_classes = match self.accepted_sop_classes {
+            None => sop_classes::STORAGE
+                .iter()
+                .map(|c| c.uid.to_string())
+                .collect(),
+            Some(list) => {
+                for uid in &list {
+                    if sop_classes::storage_class(uid).is_none() {
+                        return Err(invalid(
+                            "dicom.accepted_sop_classes",
+                            format!(
+                                "{uid} is not a storage SOP class this worker supports ({})",
+                                sop_classes::STORAGE
+                                    .iter()
+                                    .map(|c| c.uid)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ));
+                    }
+                }
+                if list.is_empty() {
+                    return Err(invalid("dicom.accepted_sop_classes", "must not be empty"));
+                }
+                list
+            }
+        };
+        Ok(DicomConfig {
+            ae_title,
+            listen,
+            allowed_calling_ae_titles,
+            max_associations,
+            max_associations_per_host,
+            max_pending_associations,
+            max_pending_per_host,
+            association_request_timeout: seconds(
+                "dicom.association_request_timeout_secs",
+                self.association_request_timeout_secs.unwrap_or(10.0),
+            )?,
+            receive_memory_budget_bytes: (receive_memory_mb * 1_048_576.0) as usize,
+            max_pdu_length: max_pdu_length as u32,
+            read_timeout: seconds(
+                "dicom.read_timeout_secs",
+                self.read_timeout_secs.unwrap_or(60.0),
+            )?,
+            write_timeout: seconds(
+                "dicom.write_timeout_secs",
+                self.write_timeout_secs.unwrap_or(60.0),
+            )?,
+            max_dataset_bytes: (max_dataset_mb * 1024.0 * 1024.0) as usize,
+            accepted_sop_classes,
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! Configuration files for the daemon under test: receive-only, or with analysis and a
+//! destination; always on 127.0.0.1 port 0.
+
+use std::path::{Path, PathBuf};
+
+use super::tiny_models_section;
+
+/// The daemon's AE title in every config written here.
+pub const AE: &str = "CXR_TEST";
+
+/// Write a config for a receive-only daemon (no analysis workers) on 127.0.0.1:0 with its spool
+/// in `dir`; `dicom_extra` is appended to the `[dicom]` section.
+pub fn write_config(dir: &Path, db_url: &str, dicom_extra: &str) -> PathBuf {
+    write_config_with(dir, db_url, dicom_extra, "[study]\nworkers = 0\n")
+}
+
+/// Write a config; `sections` is appended (e.g. `[study]`, `[[destinations]]`, `[report]`).
+/// The tiny models are configured unless `sections` has a `[models]` of its own.
+pub fn write_config_with(dir: &Path, db_url: &str, dicom_extra: &str, sections: &str) -> PathBuf {
+    let path = dir.join("cxr-worker.toml");
+    let models = if sections.contains("[models]") {
+        String::new()
+    } else {
+        tiny_models_section()
+    };
+    // the HTTP endpoints on a free port: tests run daemons side by side
+    let http = if sections.contains("[http]") {
+        ""
+    } else {
+        "[http]\nlisten = \"127.0.0.1:0\"\n"
+    };
+    let text = format!(
+        r#"
+[dicom]
+ae_title = "{AE}"
+listen = "127.0.0.1:0"
+read_timeout_secs = 20
+{dicom_extra}
+
+[database]
+url = "{db_url}"
+acquire_timeout_secs = 2
+
+[spool]
+dir = "spool"
+
+[log]
+level = "info,cxr_worker=debug"
+format = "json"
+{models}
+{http}
+{sections}
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Config sections for a daemon that analyses (one worker, 1 s quiet period, quick polling) and
+/// sends its SRs to the AE `PACS` on 127.0.0.1:`pacs_port`.
+pub fn analysis_sections(pacs_port: u16) -> String {
+    format!(
+        r#"
+[study]
+quiet_period_secs = 1
+workers = 1
+poll_interval_secs = 0.2
+
+[report]
+retry_base_secs = 0.5
+
+[[destinations]]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {pacs_port}
+"#
+    )
+}
