@@ -5,6 +5,7 @@
 //! SIGTERM or SIGINT stops accepting associations; the C-STOREs in flight finish and are answered;
 //! then the process exits 0. SIGHUP reloads the configuration ([`crate::ops::reload`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::analyse::analyser::Analyser;
 use crate::analyse::helper::{self, Decoder};
 use crate::analyse::infer::{Engine, EngineOptions};
+use crate::backoff::{Backoff, Failures};
 use crate::config::Config;
 use crate::db;
 use crate::ingest::Ingest;
@@ -54,73 +56,219 @@ pub enum StartError {
     Models(#[from] crate::analyse::infer::InferError),
 }
 
-/// Run the daemon until SIGTERM/SIGINT. Under systemd (`Type=notify`) READY=1 is sent only once
-/// the migrations are applied, the models loaded and the ports bound; the watchdog is pinged
-/// only while the receive loop and the workers are alive. SIGHUP reloads what can change safely
-/// (see [`crate::ops::reload`]).
+/// Run the daemon until SIGTERM/SIGINT: [`Daemon::build`], then [`Daemon::run`].
 pub async fn serve(config: Config) -> Result<(), StartError> {
-    let notifier = Notifier::from_env().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "NOTIFY_SOCKET unusable: not notifying systemd");
-        Notifier::disabled()
-    });
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone(), notifier.clone())?;
-    // installed now: a SIGHUP during start-up must not end the process
-    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(StartError::Signals)?;
-    let pool = db::pool(&config.database)?;
-    notify_status(&notifier, "applying database migrations");
-    migrate_when_available(&pool, &shutdown).await?;
-    if shutdown.is_cancelled() {
-        return Ok(());
+    match Daemon::build(config).await? {
+        Some(daemon) => daemon.run().await,
+        None => Ok(()),
     }
-    let local = LocalSpool::open(&config.spool.dir)?;
-    let swept = local.sweep_staged()?;
-    if swept > 0 {
-        tracing::info!(swept, "removed staged files left by an earlier run");
+}
+
+/// A daemon set up and bound but not yet running: the database migrated, the spool open, the
+/// models loaded and both listeners bound, so its real addresses are known (bind port 0 and read
+/// them, as zero-to-production's `Application::build` does). Under systemd (`Type=notify`)
+/// READY=1 is sent when it starts running; the watchdog is pinged only while the receive loop and
+/// the workers are alive. SIGHUP reloads what can change safely (see [`crate::ops::reload`]).
+pub struct Daemon {
+    config: Config,
+    notifier: Notifier,
+    shutdown: CancellationToken,
+    hangup: tokio::signal::unix::Signal,
+    pool: sqlx::PgPool,
+    storage: Arc<dyn Storage>,
+    space: Arc<SpoolSpace>,
+    analysers: Vec<Analyser>,
+    listener: TcpListener,
+    dicom_addr: SocketAddr,
+    http: Option<(TcpListener, SocketAddr)>,
+}
+
+impl Daemon {
+    /// Set up everything in start-up order (signals, database and migrations, spool, disk space,
+    /// models, HTTP and DICOM listeners). `Ok(None)`: SIGTERM or SIGINT arrived while waiting for
+    /// the database.
+    pub async fn build(config: Config) -> Result<Option<Self>, StartError> {
+        let notifier = Notifier::from_env().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "NOTIFY_SOCKET unusable: not notifying systemd");
+            Notifier::disabled()
+        });
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone(), notifier.clone())?;
+        // installed now: a SIGHUP during start-up must not end the process
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(StartError::Signals)?;
+        let pool = db::pool(&config.database)?;
+        notify_status(&notifier, "applying database migrations");
+        migrate_when_available(&pool, &shutdown).await?;
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        let storage = open_spool(&config)?;
+        let space = Arc::new(SpoolSpace::new(
+            &config.spool.dir,
+            config.spool.max_used_percent,
+        ));
+        sample_disk_space(&space).await;
+        let analysers = load_analysers(&config, &notifier)?;
+        let http = bind_http(&config).await?;
+        let (listener, dicom_addr) = bind_dicom(&config).await?;
+        Ok(Some(Self {
+            config,
+            notifier,
+            shutdown,
+            hangup,
+            pool,
+            storage,
+            space,
+            analysers,
+            listener,
+            dicom_addr,
+            http,
+        }))
     }
-    let storage: Arc<dyn Storage> = Arc::new(local);
-    let space = Arc::new(SpoolSpace::new(
-        &config.spool.dir,
-        config.spool.max_used_percent,
-    ));
-    sample_disk_space(&space).await;
-    let analysers = load_analysers(&config, &notifier)?;
-    let workers_count = analysers.len();
-    let http_listener = bind_http(&config).await?;
-    let listener = TcpListener::bind(config.dicom.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.dicom.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.dicom.listen,
-        source,
-    })?;
-    tracing::info!(%addr, ae_title = %config.dicom.ae_title, "listening");
-    let heartbeats = Heartbeats::new();
-    let receive_beat = heartbeats.register("receive");
-    let _watchdog = Watchdog::spawn_if_enabled(&notifier, &heartbeats, shutdown.clone());
-    if let Err(e) = notifier.ready() {
-        tracing::warn!(error = %e, "cannot notify READY");
+
+    /// The address the DICOM listener is bound to.
+    pub fn dicom_addr(&self) -> SocketAddr {
+        self.dicom_addr
     }
-    notify_status(
-        &notifier,
-        &format!("receiving as {} on {addr}", config.dicom.ae_title),
-    );
-    let live = Live::new(&config, space.clone());
-    let budget = MemoryBudget::new(config.dicom.receive_memory_budget_bytes);
-    let ingest = Ingest::new(pool.clone(), storage.clone(), budget.clone())
-        .with_watermark(space.clone())
-        .max_inflated_bytes(config.dicom.max_dataset_bytes as u64);
-    let scp_stats = Arc::new(ScpStats::default());
-    let metrics = Arc::new(
-        Metrics::new(scp_stats.clone(), ingest.stats.clone(), Some(space.clone()))
-            .with_budget(budget.clone()),
-    );
-    let tasks = TaskTracker::new();
-    let worker_settings = WorkerSettings {
+
+    /// The address of the HTTP endpoints, when `[http] enabled`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The token that stops the daemon as SIGTERM does: cancel it to drain and return.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Run until shutdown: declare READY, start the background tasks (workers, outbox sender,
+    /// disk sampler, retention, HTTP, reload), receive until SIGTERM/SIGINT (or the shutdown
+    /// token), then drain: C-STOREs in flight are answered, workers finish the job in hand.
+    pub async fn run(self) -> Result<(), StartError> {
+        let Self {
+            config,
+            notifier,
+            shutdown,
+            hangup,
+            pool,
+            storage,
+            space,
+            analysers,
+            listener,
+            dicom_addr,
+            http,
+        } = self;
+        let heartbeats = Heartbeats::new();
+        let receive_beat = heartbeats.register("receive");
+        let _watchdog = Watchdog::spawn_if_enabled(&notifier, &heartbeats, shutdown.clone());
+        if let Err(e) = notifier.ready() {
+            tracing::warn!(error = %e, "cannot notify READY");
+        }
+        notify_status(
+            &notifier,
+            &format!("receiving as {} on {dicom_addr}", config.dicom.ae_title),
+        );
+        let live = Live::new(&config, space.clone());
+        let budget = MemoryBudget::new(config.dicom.receive_memory_budget_bytes);
+        let ingest = Ingest::new(pool.clone(), storage.clone(), budget.clone())
+            .with_watermark(space.clone())
+            .max_inflated_bytes(config.dicom.max_dataset_bytes as u64);
+        let scp_stats = Arc::new(ScpStats::default());
+        let metrics = Arc::new(
+            Metrics::new(scp_stats.clone(), ingest.stats.clone(), Some(space.clone()))
+                .with_budget(budget.clone()),
+        );
+        let tasks = TaskTracker::new();
+        let workers = analysers.len();
+        spawn_workers(
+            &tasks,
+            &config,
+            &live,
+            &pool,
+            &storage,
+            &metrics,
+            &heartbeats,
+            &shutdown,
+            analysers,
+        );
+        tasks.spawn(outbox::run_live(
+            pool.clone(),
+            live.outbox.subscribe(),
+            Some(metrics.clone() as Arc<dyn outbox::SendObserver>),
+            shutdown.clone(),
+        ));
+        tasks.spawn(
+            space
+                .clone()
+                .run(diskspace::SAMPLE_INTERVAL, shutdown.clone()),
+        );
+        tasks.spawn(retention::run(
+            pool.clone(),
+            storage.clone(),
+            live.retention.subscribe(),
+            Some(metrics.clone()),
+            shutdown.clone(),
+        ));
+        if let Some((http_listener, _)) = http {
+            let state = Arc::new(HttpState {
+                pool: pool.clone(),
+                storage: storage.clone(),
+                heartbeats: heartbeats.clone(),
+                metrics: metrics.clone(),
+                space: space.clone(),
+                workers,
+                config: config.http.clone(),
+            });
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = http::serve(http_listener, state, token).await {
+                    tracing::error!(error = %e, "HTTP endpoints stopped");
+                }
+            });
+        }
+        let scp_settings = live.scp.subscribe();
+        tasks.spawn(reload::run(
+            hangup,
+            config.source.clone(),
+            config.clone(),
+            live,
+            notifier.clone(),
+            shutdown.clone(),
+        ));
+        tasks.close();
+        receive::run(
+            listener,
+            scp_settings,
+            Arc::new(ingest),
+            scp_stats,
+            budget,
+            shutdown,
+            move || receive_beat.beat(),
+        )
+        .await;
+        // the receiver has drained; workers finish the job in hand
+        tasks.wait().await;
+        pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// One worker task per loaded analyser, each with its own lease owner name and heartbeat.
+#[allow(clippy::too_many_arguments)]
+fn spawn_workers(
+    tasks: &TaskTracker,
+    config: &Config,
+    live: &Live,
+    pool: &sqlx::PgPool,
+    storage: &Arc<dyn Storage>,
+    metrics: &Arc<Metrics>,
+    heartbeats: &Heartbeats,
+    shutdown: &CancellationToken,
+    analysers: Vec<Analyser>,
+) {
+    let settings = WorkerSettings {
         quiet_period: config.study.quiet_period,
         lease: config.study.lease,
         max_attempts: config.study.max_attempts,
@@ -130,10 +278,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         destinations: live.destinations.subscribe(),
         owner: String::new(),
         metrics: Some(metrics.clone()),
-        reload: Some(analyser_factory(&config)),
+        reload: Some(analyser_factory(config)),
     };
     for (n, analyser) in analysers.into_iter().enumerate() {
-        let mut settings = worker_settings.clone();
+        let mut settings = settings.clone();
         settings.owner = format!("{}:{}:{n}", hostname(), std::process::id());
         let heartbeat = heartbeats.register(format!("worker-{n}"));
         tasks.spawn(worker::run(
@@ -145,70 +293,30 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             heartbeat,
         ));
     }
-    tasks.spawn(outbox::run_live(
-        pool.clone(),
-        live.outbox.subscribe(),
-        Some(metrics.clone() as Arc<dyn outbox::SendObserver>),
-        shutdown.clone(),
-    ));
-    tasks.spawn(
-        space
-            .clone()
-            .run(diskspace::SAMPLE_INTERVAL, shutdown.clone()),
-    );
-    tasks.spawn(retention::run(
-        pool.clone(),
-        storage.clone(),
-        live.retention.subscribe(),
-        Some(metrics.clone()),
-        shutdown.clone(),
-    ));
-    if let Some(http_listener) = http_listener {
-        let state = Arc::new(HttpState {
-            pool: pool.clone(),
-            storage: storage.clone(),
-            heartbeats: heartbeats.clone(),
-            metrics: metrics.clone(),
-            space: space.clone(),
-            workers: workers_count,
-            config: config.http.clone(),
-        });
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = http::serve(http_listener, state, token).await {
-                tracing::error!(error = %e, "HTTP endpoints stopped");
-            }
-        });
+}
+
+/// Open the spool and remove what an earlier run left staged.
+fn open_spool(config: &Config) -> Result<Arc<dyn Storage>, StartError> {
+    let local = LocalSpool::open(&config.spool.dir)?;
+    let swept = local.sweep_staged()?;
+    if swept > 0 {
+        tracing::info!(swept, "removed staged files left by an earlier run");
     }
-    let scp_settings = live.scp.subscribe();
-    tasks.spawn(reload::run(
-        hangup,
-        config.source.clone(),
-        config.clone(),
-        live,
-        notifier.clone(),
-        shutdown.clone(),
-    ));
-    tasks.close();
-    receive::run(
-        listener,
-        scp_settings,
-        Arc::new(ingest),
-        scp_stats,
-        budget,
-        shutdown,
-        move || receive_beat.beat(),
-    )
-    .await;
-    // the receiver has drained; workers finish the job in hand
-    tasks.wait().await;
-    pool.close().await;
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Arc::new(local))
+}
+
+/// Bind the DICOM listener (`[dicom] listen`); its real address is logged and returned.
+async fn bind_dicom(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
+    let addr = config.dicom.listen;
+    let err = |source| StartError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    tracing::info!(addr = %bound, ae_title = %config.dicom.ae_title, "listening");
+    Ok((listener, bound))
 }
 
 /// Bind the HTTP endpoints' listener, when `[http] enabled`.
-async fn bind_http(config: &Config) -> Result<Option<TcpListener>, StartError> {
+async fn bind_http(config: &Config) -> Result<Option<(TcpListener, SocketAddr)>, StartError> {
     if !config.http.enabled {
         return Ok(None);
     }
@@ -220,7 +328,7 @@ async fn bind_http(config: &Config) -> Result<Option<TcpListener>, StartError> {
         .local_addr()
         .map_err(|source| StartError::HttpListen { addr, source })?;
     tracing::info!(addr = %bound, "HTTP endpoints (healthz, readyz, metrics) listening");
-    Ok(Some(listener))
+    Ok(Some((listener, bound)))
 }
 
 /// The first disk sample, before the first association.
@@ -281,22 +389,23 @@ async fn migrate_when_available(
     pool: &sqlx::PgPool,
     shutdown: &CancellationToken,
 ) -> Result<(), db::DbError> {
-    let mut delay = Duration::from_millis(500);
+    let schedule = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let mut failures = Failures::default();
     loop {
         match db::migrate(pool).await {
             Ok(()) => return Ok(()),
             Err(db::DbError::Migrate(sqlx::migrate::MigrateError::Execute(e)))
                 if is_connection_error(&e) =>
             {
+                let delay = failures.failed(&schedule);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unavailable at start-up");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
             }
             Err(e) => return Err(e),
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -6,6 +6,7 @@
 //! dicom     ground floor: UIDs, AE titles, SOP classes and transfer syntaxes, PDUs, DIMSE,
 //!           the structural guard, codestream checks, header reading
 //! findings  what one image's analysis yields: the one shape from analyser to database to report
+//! backoff   the one exponential backoff schedule of every retry
 //! config    the typed configuration, one file per section
 //! db        PostgreSQL: pool, migrations, every SQL statement
 //! ingest    a received instance → spool (durable) + database; protocol-neutral
@@ -18,6 +19,7 @@
 //! daemon    start-up order, signals, drain; admin: the admin commands
 //! ```
 
+pub mod backoff;
 pub mod dicom;
 pub mod findings;
 

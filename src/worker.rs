@@ -21,8 +21,10 @@ use chrono::Local;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::analyse::analyser::{Analyser, ImageReport};
+use crate::backoff::{Backoff, Failures};
 use crate::config::Destination;
 use crate::db::analysis::{self, NewReport};
 use crate::db::jobs::{self, Job};
@@ -104,7 +106,10 @@ pub async fn run(
     heartbeat: Heartbeat,
 ) {
     let mut analyser = Some(analyser);
-    let mut backoff = settings.poll_interval;
+    // while the database is down: twice the poll interval, doubling up to 30 s (each wait at
+    // most 5 s, so that shutdown and heartbeats stay prompt)
+    let db_down = Backoff::new(settings.poll_interval * 2, Duration::from_secs(30));
+    let mut failures = Failures::default();
     loop {
         heartbeat.beat();
         if shutdown.is_cancelled() {
@@ -127,14 +132,16 @@ pub async fn run(
         let pass = one_pass(&pool, &storage, &mut analyser, &settings).await;
         let wait = match pass {
             Ok(Pass::Worked) => {
-                backoff = settings.poll_interval;
+                failures.reset();
                 continue;
             }
-            Ok(Pass::Idle) => settings.poll_interval,
+            Ok(Pass::Idle) => {
+                failures.reset();
+                settings.poll_interval
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "worker pass failed (database unavailable?)");
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                backoff
+                failures.failed(&db_down)
             }
         };
         tokio::select! {
@@ -165,13 +172,16 @@ async fn one_pass(
     }
     let exhausted = jobs::fail_exhausted(pool, s.max_attempts).await?;
     for job in &exhausted {
-        tracing::error!(
-            job_id = job.id,
-            study_instance_uid = %job.study_instance_uid,
-            attempts = job.attempts,
-            "job abandoned by its worker too often (crash or lost lease): failed for good"
-        );
-        report_failure(pool, storage, s, job, &job.reason).await;
+        let span = job_span(job.id, &job.study_instance_uid);
+        span.in_scope(|| {
+            tracing::error!(
+                attempts = job.attempts,
+                "job abandoned by its worker too often (crash or lost lease): failed for good"
+            )
+        });
+        report_failure(pool, storage, s, job, &job.reason)
+            .instrument(span)
+            .await;
     }
     let Some(job) = jobs::dequeue(pool, &s.owner, s.lease, s.max_attempts).await? else {
         return Ok(if exhausted.is_empty() {
@@ -180,23 +190,30 @@ async fn one_pass(
             Pass::Worked
         });
     };
-    let span =
-        tracing::info_span!("job", job_id = job.id, study_instance_uid = %job.study_instance_uid);
-    let outcome =
-        tracing::Instrument::instrument(process(pool, storage, analyser, s, &job), span.clone())
-            .await;
-    let _entered = span.enter();
-    match outcome {
-        Ok(summary) => {
-            tracing::info!(%summary, "job done");
-        }
+    let span = job_span(job.id, &job.study_instance_uid);
+    run_job(pool, storage, analyser, s, &job)
+        .instrument(span)
+        .await?;
+    Ok(Pass::Worked)
+}
+
+/// Process a job and settle it: done, retried later, or failed for good (with its SR).
+async fn run_job(
+    pool: &PgPool,
+    storage: &Arc<dyn Storage>,
+    analyser: &mut Option<Analyser>,
+    s: &WorkerSettings,
+    job: &Job,
+) -> Result<(), sqlx::Error> {
+    match process(pool, storage, analyser, s, job).await {
+        Ok(summary) => tracing::info!(%summary, "job done"),
         Err(JobError::LeaseLost) => {
             tracing::warn!("lease lost: leaving the job to its new owner");
         }
         Err(e) if job.attempts as u32 >= s.max_attempts => {
             tracing::error!(error = %e, "job failed for good");
             let reason = e.to_string();
-            if jobs::fail(pool, &job, &s.owner, &reason).await? {
+            if jobs::fail(pool, job, &s.owner, &reason).await? {
                 let failed = jobs::FailedJob {
                     id: job.id,
                     study_instance_uid: job.study_instance_uid.clone(),
@@ -212,7 +229,7 @@ async fn one_pass(
             jobs::retry_later(pool, job.id, &s.owner, delay, &e.to_string()).await?;
         }
     }
-    Ok(Pass::Worked)
+    Ok(())
 }
 
 /// A study whose job failed for good gets a "not analysed" SR naming the failure, unless it has
@@ -249,25 +266,26 @@ async fn report_failure(
     .await;
     match result {
         Ok(Some(sop)) => tracing::warn!(
-            job_id = job.id,
-            study_instance_uid = %job.study_instance_uid,
             sr_sop_instance_uid = %sop,
             "a \"not analysed\" SR naming the failure is queued"
         ),
         Ok(None) => {}
         Err(e) => tracing::error!(
-            job_id = job.id,
-            study_instance_uid = %job.study_instance_uid,
             error = %e,
             "no SR for the failed job; its failed state is recorded"
         ),
     }
 }
 
-/// Exponential backoff: base × 2^(attempt−1), capped at 10 minutes.
+/// The span of one job: its events carry the job and its study.
+fn job_span(job_id: i64, study: &str) -> tracing::Span {
+    tracing::info_span!("job", job_id, study_instance_uid = %study)
+}
+
+/// A job's retry delay after its `attempt`-th attempt failed: base × 2^(attempt−1), capped at
+/// 10 minutes.
 pub fn retry_delay(base: Duration, attempt: i32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).clamp(0, 16) as u32);
-    (base * factor).min(Duration::from_secs(600))
+    Backoff::new(base, Duration::from_secs(600)).delay(attempt.max(0) as u32)
 }
 
 /// One job as a short pipeline: claim the study's instances → analyse them (each read once,

@@ -20,9 +20,8 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(mib: u32) -> Self {
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
+        assert!(
+            rustix::process::geteuid().is_root(),
             "the full-disk test mounts a tmpfs and must run as root (make test does, in CI)"
         );
         let dir = tempfile::tempdir().unwrap().keep().join("spool");

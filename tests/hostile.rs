@@ -298,15 +298,10 @@ async fn connect_from(source: &str, addr: SocketAddr) -> tokio::net::TcpStream {
 }
 
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max.min(65_536);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum.map(|m| m.min(65_536)).or(Some(65_536));
+    let _ = setrlimit(Resource::Nofile, lim);
 }
 
 #[tokio::test(flavor = "multi_thread")]

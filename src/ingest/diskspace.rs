@@ -6,9 +6,7 @@
 //! A-ASSOCIATE-RJ (temporary congestion) so senders retry later; associations already open go on,
 //! and a C-STORE that really finds the disk full is answered A700 (out of resources).
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -44,22 +42,14 @@ impl DiskUsage {
 
 /// `statvfs(2)` of the file system holding `path`. Blocking.
 pub fn usage(path: &Path) -> io::Result<DiskUsage> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c_path` is a NUL-terminated path and `st` a valid, writable statvfs.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let block = st.f_frsize as u64;
-    let total = (st.f_blocks as u64).saturating_mul(block);
-    let free = (st.f_bfree as u64).saturating_mul(block);
+    let st = rustix::fs::statvfs(path)?;
+    let block = st.f_frsize;
+    let total = st.f_blocks.saturating_mul(block);
+    let free = st.f_bfree.saturating_mul(block);
     Ok(DiskUsage {
         total_bytes: total,
         used_bytes: total.saturating_sub(free),
-        available_bytes: (st.f_bavail as u64).saturating_mul(block),
+        available_bytes: st.f_bavail.saturating_mul(block),
     })
 }
 

@@ -349,7 +349,8 @@ impl Drop for LocalStageWriter {
 }
 
 /// Ask the kernel to start writing a range back now (Linux `sync_file_range`), without waiting.
-/// Only a hint: durability still comes from the fsync in `finish`.
+/// Only a hint: durability still comes from the fsync in `finish`. The one `unsafe` libc call left
+/// in the crate: rustix (used for every other system call) has no binding for it.
 fn start_write_back(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the lifetime of `file`; the call only schedules I/O.

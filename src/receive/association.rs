@@ -17,6 +17,7 @@ use dicom_ul::pdu::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{ScpSettings, ScpStats};
 use crate::dicom::ae::{AllowedPeer, canonical_ip};
@@ -429,8 +430,15 @@ impl<K: DataSink> Session<'_, K> {
                 let Some(message) = self.message.take() else {
                     return Ok(());
                 };
+                // one span per C-STORE: its events (here and in ingest) carry the instance
+                let span = tracing::info_span!(
+                    "c_store",
+                    sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or(""),
+                    message_id = command.message_id,
+                );
                 let response = self
                     .answer_store(command, message, transfer_syntax, &abstract_syntax, handler)
+                    .instrument(span)
                     .await;
                 send_response(
                     pdus,
@@ -471,17 +479,13 @@ impl<K: DataSink> Session<'_, K> {
                 "Affected SOP Class UID differs from the presentation context's abstract syntax",
             );
         }
-        let sop_instance = command
-            .affected_sop_instance_uid
-            .clone()
-            .unwrap_or_default();
         if message.oversize {
             self.stats
                 .instances_oversize
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                sop_instance_uid = ?sop_instance,
-                max_bytes = self.max_dataset_bytes, "data set over the size limit: refused"
+                max_bytes = self.max_dataset_bytes,
+                "data set over the size limit: refused"
             );
             return Response::to(&command, status::OUT_OF_RESOURCES).with_comment(&format!(
                 "data set exceeds the {} MiB limit",
@@ -493,7 +497,6 @@ impl<K: DataSink> Session<'_, K> {
                 .instances_over_budget
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                sop_instance_uid = ?sop_instance,
                 budget_bytes = self.budget.limit(),
                 "receive memory budget exhausted: data set refused"
             );

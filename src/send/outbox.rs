@@ -23,7 +23,9 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::backoff::{Backoff, Failures};
 use crate::config::{Config, Destination, ReportConfig};
 use crate::db;
 use crate::ingest::spool::{self, SpoolKey};
@@ -73,11 +75,7 @@ impl RetryPolicy {
     /// The delay after attempt number `attempts` (1-based) failed: `base · 2^(attempts-1)`,
     /// capped at `max`, times `0.75 + 0.5 · jitter` (`jitter` in [0, 1]), capped at `max` again.
     pub fn delay(&self, attempts: u32, jitter: f64) -> Duration {
-        let exp = attempts.saturating_sub(1).min(30);
-        let nominal = self.base.saturating_mul(1u32 << exp).min(self.max);
-        nominal
-            .mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
-            .min(self.max)
+        Backoff::new(self.base, self.max).jittered(attempts, jitter)
     }
 
     /// Whether a retryable failure at attempt `attempts` is the last one allowed.
@@ -235,29 +233,40 @@ pub async fn run_live(
         "outbox sender started"
     );
     let mut listener: Option<PgListener> = None;
-    let mut db_backoff = live.borrow().poll_interval;
+    let mut db_failures = Failures::default();
     while !shutdown.is_cancelled() {
         let settings = live.borrow().clone();
         if listener.is_none() {
             listener = listen(&pool).await;
         }
-        match claim(&pool, &owner, &settings).await {
+        let wait = match claim(&pool, &owner, &settings).await {
             Ok(rows) if !rows.is_empty() => {
-                db_backoff = settings.poll_interval;
-                join_all(
-                    rows.into_iter()
-                        .map(|r| deliver(&pool, &owner, &settings, metrics.as_deref(), r)),
-                )
+                db_failures.reset();
+                join_all(rows.into_iter().map(|r| {
+                    // one span per delivery: its events carry the row, object and destination
+                    let span = tracing::info_span!(
+                        "delivery",
+                        outbox_id = r.id,
+                        destination = %r.destination_name,
+                        kind = %r.kind,
+                        sop_instance_uid = %r.sop_instance_uid,
+                    );
+                    deliver(&pool, &owner, &settings, metrics.as_deref(), r).instrument(span)
+                }))
                 .await;
                 continue;
             }
-            Ok(_) => db_backoff = settings.poll_interval,
+            Ok(_) => {
+                db_failures.reset();
+                settings.poll_interval
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "outbox: cannot claim rows");
-                db_backoff = (db_backoff * 2).min(Duration::from_secs(30));
+                // twice the poll interval, doubling up to 30 s
+                let db_down = Backoff::new(settings.poll_interval * 2, Duration::from_secs(30));
+                db_failures.failed(&db_down)
             }
-        }
-        let wait = db_backoff;
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
@@ -363,7 +372,7 @@ async fn deliver(
     }
     if let Err(e) = record(pool, owner, &row, dest, started, &outcome).await {
         // the lease expires and another attempt follows
-        tracing::warn!(outbox_id = row.id, error = %e, "outbox: cannot record the attempt");
+        tracing::warn!(error = %e, "outbox: cannot record the attempt");
     }
 }
 
@@ -392,31 +401,18 @@ fn jitter() -> f64 {
 }
 
 fn log_outcome(row: &OutboxRow, outcome: &Outcome) {
-    let (id, dest, kind, sop, attempt) = (
-        row.id,
-        row.destination_name.as_str(),
-        row.kind.as_str(),
-        row.sop_instance_uid.as_str(),
-        row.attempts,
-    );
+    let attempt = row.attempts;
     match outcome {
-        Outcome::Sent(d) => tracing::info!(
-            outbox_id = id,
-            destination = dest,
-            kind,
-            sop_instance_uid = sop,
-            attempt,
-            status = format!("{:#06X}", d.status),
-            "delivered"
-        ),
+        Outcome::Sent(d) => {
+            tracing::info!(attempt, status = format!("{:#06X}", d.status), "delivered")
+        }
         Outcome::Retry { error, after, .. } => tracing::warn!(
-            outbox_id = id, destination = dest, kind, sop_instance_uid = sop, attempt,
-            error = %error, retry_in_ms = after.as_millis() as u64, "not delivered; will retry"
+            attempt, error = %error, retry_in_ms = after.as_millis() as u64,
+            "not delivered; will retry"
         ),
-        Outcome::Failed { error, .. } => tracing::error!(
-            outbox_id = id, destination = dest, kind, sop_instance_uid = sop, attempt,
-            error = %error, "not delivered; marked failed"
-        ),
+        Outcome::Failed { error, .. } => {
+            tracing::error!(attempt, error = %error, "not delivered; marked failed")
+        }
     }
 }
 
@@ -458,10 +454,7 @@ async fn record(
     };
     if !db::outbox::record_attempt(pool, owner, row, &record).await? {
         // our lease expired and another sender took the row: its record wins
-        tracing::warn!(
-            outbox_id = row.id,
-            "outbox: lease lost before the attempt was recorded"
-        );
+        tracing::warn!("outbox: lease lost before the attempt was recorded");
     }
     Ok(())
 }

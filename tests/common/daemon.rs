@@ -89,9 +89,7 @@ impl Daemon {
     /// SIGTERM and wait; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
+        send_signal(child.id(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -139,9 +137,7 @@ impl Daemon {
     /// Send a signal (e.g. `libc::SIGHUP`) to the running daemon.
     pub fn signal(&self, sig: i32) {
         let child = self.child.as_ref().expect("running");
-        unsafe {
-            libc::kill(child.id() as i32, sig);
-        }
+        send_signal(child.id(), sig);
     }
 
     /// Wait until a log line contains `needle` (after the first `skip` lines); returns it.
@@ -184,4 +180,11 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `kill(pid, sig)` (a named signal such as `libc::SIGHUP`), through rustix.
+fn send_signal(pid: u32, sig: i32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a child's pid is positive");
+    let sig = rustix::process::Signal::from_named_raw(sig).expect("a named signal");
+    rustix::process::kill_process(pid, sig).expect("signal the daemon");
 }

@@ -26,7 +26,7 @@ fn pg_bin() -> PathBuf {
 }
 
 fn as_postgres(program: &Path, args: &[&str]) -> Output {
-    let is_root = unsafe { libc::geteuid() } == 0;
+    let is_root = rustix::process::geteuid().is_root();
     let mut cmd = if is_root {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -40,7 +40,7 @@ fn as_postgres(program: &Path, args: &[&str]) -> Output {
 impl PrivatePg {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap().keep();
-        let is_root = unsafe { libc::geteuid() } == 0;
+        let is_root = rustix::process::geteuid().is_root();
         if is_root {
             assert!(
                 run("chown", &["-R", "postgres", dir.to_str().unwrap()])
