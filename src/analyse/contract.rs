@@ -271,15 +271,34 @@ pub fn check(
     let mut problems = header_problems(header);
     let meta = view.metadata;
     // A model of the other role is named as such before its metadata is judged.
-    if let Some(found) = meta("cxr.role")
-        && found != role.as_str()
-    {
-        problems.push(format!(
-            "cxr.role is {found:?}, expected {:?}",
-            role.as_str()
-        ));
+    if let Some(problem) = other_role(meta, role).or_else(|| missing_metadata(meta, role)) {
+        problems.push(problem);
         return Err(mismatch(path, problems));
     }
+    let get = |k: &str| meta(k).unwrap_or_default();
+    let mut info = read_metadata(path, header, role, &get, &mut problems);
+    match role {
+        Role::Segmenter => check_segmenter(&info, view, &mut problems),
+        Role::Classifier => check_classifier(&mut info, &get, view, &mut problems),
+    }
+    if problems.is_empty() {
+        Ok(info)
+    } else {
+        Err(mismatch(path, problems))
+    }
+}
+
+/// The problem with a `cxr.role` naming the other role, if it does.
+fn other_role(meta: &dyn Fn(&str) -> Option<String>, role: Role) -> Option<String> {
+    let found = meta("cxr.role").filter(|found| found != role.as_str())?;
+    Some(format!(
+        "cxr.role is {found:?}, expected {:?}",
+        role.as_str()
+    ))
+}
+
+/// The metadata keys a model of `role` must have.
+fn required_metadata(role: Role) -> Vec<&'static str> {
     let mut required = vec![
         "cxr.contract",
         "cxr.role",
@@ -298,16 +317,27 @@ pub fn check(
             "cxr.mask_size",
         ]);
     }
-    let missing: Vec<&str> = required
-        .iter()
-        .copied()
+    required
+}
+
+/// The problem naming every required metadata key the model lacks, if any.
+fn missing_metadata(meta: &dyn Fn(&str) -> Option<String>, role: Role) -> Option<String> {
+    let missing: Vec<&str> = required_metadata(role)
+        .into_iter()
         .filter(|k| meta(k).is_none())
         .collect();
-    if !missing.is_empty() {
-        problems.push(format!("missing metadata {}", missing.join(", ")));
-        return Err(mismatch(path, problems));
-    }
-    let get = |k: &str| meta(k).unwrap_or_default();
+    (!missing.is_empty()).then(|| format!("missing metadata {}", missing.join(", ")))
+}
+
+/// The metadata both roles have, checked in order (contract version, role, trained, input size)
+/// and read into a [`ModelInfo`] whose classifier fields are still unset.
+fn read_metadata(
+    path: &str,
+    header: &Header,
+    role: Role,
+    get: &dyn Fn(&str) -> String,
+    problems: &mut Vec<String>,
+) -> ModelInfo {
     if get("cxr.contract") != CONTRACT_VERSION {
         problems.push(format!(
             "cxr.contract is {:?}, expected {CONTRACT_VERSION:?}",
@@ -321,7 +351,29 @@ pub fn check(
             role.as_str()
         ));
     }
-    let trained = match get("cxr.trained").as_str() {
+    let trained = parse_trained(&get("cxr.trained"), problems);
+    let input_size = positive(&get("cxr.input_size"), "cxr.input_size", problems);
+    ModelInfo {
+        path: path.to_string(),
+        role,
+        model_name: get("cxr.model_name"),
+        model_version: get("cxr.model_version"),
+        trained,
+        input_size,
+        mask_channels: mask_channels(&get("cxr.mask_channels")),
+        ir_version: header.ir_version,
+        opset: header.opset.unwrap_or(0),
+        mask_size: None,
+        labels: Vec::new(),
+        thresholds: Vec::new(),
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    }
+}
+
+/// `cxr.trained`: `"true"` or `"false"`; anything else is a problem (and untrained).
+fn parse_trained(value: &str, problems: &mut Vec<String>) -> bool {
+    match value {
         "true" => true,
         "false" => false,
         other => {
@@ -330,59 +382,44 @@ pub fn check(
             ));
             false
         }
-    };
-    let s = positive(&get("cxr.input_size"), "cxr.input_size", &mut problems);
-    let channels: Vec<String> = get("cxr.mask_channels")
-        .split(',')
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty())
-        .collect();
-    let mut info = ModelInfo {
-        path: path.to_string(),
-        role,
-        model_name: get("cxr.model_name"),
-        model_version: get("cxr.model_version"),
-        trained,
-        input_size: s,
-        mask_channels: channels.clone(),
-        ir_version: header.ir_version,
-        opset: header.opset.unwrap_or(0),
-        mask_size: None,
-        labels: Vec::new(),
-        thresholds: Vec::new(),
-        mean: [0.0; 3],
-        std: [1.0; 3],
-    };
-    let si = s as i64;
-    match role {
-        Role::Segmenter => {
-            if channels.len() < 3 || channels[..3] != SEGMENTER_CHANNELS {
-                problems.push(format!(
-                    "cxr.mask_channels is {:?}, expected to start with {}",
-                    channels.join(","),
-                    SEGMENTER_CHANNELS.join(",")
-                ));
-            }
-            check_names(view.inputs, "input", &["image"], &mut problems);
-            check_names(view.outputs, "output", &["masks"], &mut problems);
-            check_port(view.inputs, "input", "image", &[1, si, si], &mut problems);
-            check_port(
-                view.outputs,
-                "output",
-                "masks",
-                &[channels.len() as i64, si, si],
-                &mut problems,
-            );
-        }
-        Role::Classifier => check_classifier(&mut info, &get, view, &mut problems),
-    }
-    if problems.is_empty() {
-        Ok(info)
-    } else {
-        Err(mismatch(path, problems))
     }
 }
 
+/// `cxr.mask_channels`: comma-separated names, trimmed, empty ones dropped.
+fn mask_channels(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+/// Segmenter: its mask channels start with [`SEGMENTER_CHANNELS`]; one input `image`
+/// [N,1,S,S], one output `masks` [N,C,S,S].
+fn check_segmenter(info: &ModelInfo, view: &SessionView<'_>, problems: &mut Vec<String>) {
+    let channels = &info.mask_channels;
+    if channels.len() < 3 || channels[..3] != SEGMENTER_CHANNELS {
+        problems.push(format!(
+            "cxr.mask_channels is {:?}, expected to start with {}",
+            channels.join(","),
+            SEGMENTER_CHANNELS.join(",")
+        ));
+    }
+    let si = info.input_size as i64;
+    check_names(view.inputs, "input", &["image"], problems);
+    check_names(view.outputs, "output", &["masks"], problems);
+    check_port(view.inputs, "input", "image", &[1, si, si], problems);
+    check_port(
+        view.outputs,
+        "output",
+        "masks",
+        &[channels.len() as i64, si, si],
+        problems,
+    );
+}
+
+/// Classifier: its metadata (mask channels, labels and thresholds, normalisation, mask size,
+/// input size), then its ports.
 fn check_classifier(
     info: &mut ModelInfo,
     get: &dyn Fn(&str) -> String,
@@ -396,6 +433,25 @@ fn check_classifier(
             CLASSIFIER_MASK_CHANNELS.join(",")
         ));
     }
+    read_labels_and_thresholds(info, get, problems);
+    read_normalization(info, get, problems);
+    let k = positive(&get("cxr.mask_size"), "cxr.mask_size", problems);
+    info.mask_size = Some(k);
+    let s = info.input_size;
+    if !s.is_multiple_of(CLASS_MAP_STRIDE) {
+        problems.push(format!(
+            "cxr.input_size {s} is not a multiple of {CLASS_MAP_STRIDE}"
+        ));
+    }
+    check_classifier_ports(info, k, view, problems);
+}
+
+/// `cxr.labels` must be [`LABELS`]; `cxr.thresholds`, one per label, must lie in [0, 1].
+fn read_labels_and_thresholds(
+    info: &mut ModelInfo,
+    get: &dyn Fn(&str) -> String,
+    problems: &mut Vec<String>,
+) {
     let labels: Vec<String> = get("cxr.labels")
         .split(',')
         .map(|l| l.trim().to_string())
@@ -417,6 +473,14 @@ fn check_classifier(
         problems.push("cxr.thresholds must lie in [0, 1]".into());
     }
     info.labels = labels;
+}
+
+/// `cxr.normalization_mean` and `cxr.normalization_std`: three numbers each, the std positive.
+fn read_normalization(
+    info: &mut ModelInfo,
+    get: &dyn Fn(&str) -> String,
+    problems: &mut Vec<String>,
+) {
     let mean = parse_floats(
         &get("cxr.normalization_mean"),
         "cxr.normalization_mean",
@@ -436,14 +500,17 @@ fn check_classifier(
         info.mean = m;
         info.std = s;
     }
-    let k = positive(&get("cxr.mask_size"), "cxr.mask_size", problems);
-    info.mask_size = Some(k);
+}
+
+/// The classifier's ports: inputs `image` [N,3,S,S] and `masks` [N,2,K,K], outputs
+/// `probabilities` [N,L] and `class_maps` [N,L,S/32,S/32] for L labels.
+fn check_classifier_ports(
+    info: &ModelInfo,
+    k: usize,
+    view: &SessionView<'_>,
+    problems: &mut Vec<String>,
+) {
     let s = info.input_size;
-    if !s.is_multiple_of(CLASS_MAP_STRIDE) {
-        problems.push(format!(
-            "cxr.input_size {s} is not a multiple of {CLASS_MAP_STRIDE}"
-        ));
-    }
     let (si, ki, hi, n) = (
         s as i64,
         k as i64,

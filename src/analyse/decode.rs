@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::dicom::codestream::{self, Codec, CodestreamError, FrameShape};
 use crate::dicom::guard::{self, GuardError};
 use crate::dicom::sop_classes;
+use crate::dicom::text::element_text_lenient;
 
 /// Caps applied to every file before decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,12 +241,6 @@ pub fn decode_path(
     Ok((file, grey, voi))
 }
 
-fn text(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
-    let value = obj.element_opt(tag).ok()??.to_str().ok()?;
-    let trimmed = value.trim_matches(['\0', ' ']).to_string();
-    (!trimmed.is_empty()).then_some(trimmed)
-}
-
 fn floats(obj: &DefaultDicomObject, tag: Tag) -> Option<Vec<f64>> {
     obj.element_opt(tag).ok()??.to_multi_float64().ok()
 }
@@ -261,14 +256,7 @@ fn codes(obj: &DefaultDicomObject, tag: Tag) -> Vec<Code> {
     items
         .iter()
         .map(|item| {
-            let field = |t: Tag| {
-                item.element_opt(t)
-                    .ok()
-                    .flatten()
-                    .and_then(|e| e.to_str().ok())
-                    .map(|s| s.trim_matches(['\0', ' ']).to_string())
-                    .unwrap_or_default()
-            };
+            let field = |t: Tag| element_text_lenient(item, t).unwrap_or_default();
             Code {
                 value: field(tags::CODE_VALUE),
                 scheme: field(tags::CODING_SCHEME_DESIGNATOR),
@@ -301,17 +289,17 @@ fn spacing(obj: &DefaultDicomObject) -> Option<PixelSpacing> {
 
 fn read_attributes(obj: &DefaultDicomObject, transfer_syntax: String) -> ImageAttributes {
     ImageAttributes {
-        sop_instance_uid: text(obj, tags::SOP_INSTANCE_UID),
-        sop_class_uid: text(obj, tags::SOP_CLASS_UID),
-        study_instance_uid: text(obj, tags::STUDY_INSTANCE_UID),
-        series_instance_uid: text(obj, tags::SERIES_INSTANCE_UID),
+        sop_instance_uid: element_text_lenient(obj, tags::SOP_INSTANCE_UID),
+        sop_class_uid: element_text_lenient(obj, tags::SOP_CLASS_UID),
+        study_instance_uid: element_text_lenient(obj, tags::STUDY_INSTANCE_UID),
+        series_instance_uid: element_text_lenient(obj, tags::SERIES_INSTANCE_UID),
         transfer_syntax,
-        modality: text(obj, tags::MODALITY),
-        body_part_examined: text(obj, tags::BODY_PART_EXAMINED),
-        view_position: text(obj, tags::VIEW_POSITION),
+        modality: element_text_lenient(obj, tags::MODALITY),
+        body_part_examined: element_text_lenient(obj, tags::BODY_PART_EXAMINED),
+        view_position: element_text_lenient(obj, tags::VIEW_POSITION),
         view_codes: codes(obj, tags::VIEW_CODE_SEQUENCE),
         anatomic_region_codes: codes(obj, tags::ANATOMIC_REGION_SEQUENCE),
-        photometric_interpretation: text(obj, tags::PHOTOMETRIC_INTERPRETATION),
+        photometric_interpretation: element_text_lenient(obj, tags::PHOTOMETRIC_INTERPRETATION),
         rows: uint(obj, tags::ROWS),
         columns: uint(obj, tags::COLUMNS),
         pixel_spacing: spacing(obj),
@@ -458,7 +446,7 @@ impl DicomFile {
 
     /// The VOI the file asks for: the first valid window, else the first VOI LUT.
     fn voi(&self, decoded: &dicom_pixeldata::DecodedPixelData<'_>) -> Option<Voi> {
-        let function = match text(&self.object, tags::VOILUT_FUNCTION).as_deref() {
+        let function = match element_text_lenient(&self.object, tags::VOILUT_FUNCTION).as_deref() {
             Some("LINEAR_EXACT") => VoiFunction::LinearExact,
             Some("SIGMOID") => VoiFunction::Sigmoid,
             _ => VoiFunction::Linear,

@@ -40,7 +40,7 @@ pub enum Codec {
 impl Codec {
     /// The codec of a transfer syntax, `None` when it is not one this worker decodes.
     pub fn of(transfer_syntax: &str) -> Option<Self> {
-        Some(match transfer_syntax.trim_end_matches(['\0', ' ']) {
+        Some(match crate::dicom::text::trim_padding(transfer_syntax) {
             "1.2.840.10008.1.2"
             | "1.2.840.10008.1.2.1"
             | "1.2.840.10008.1.2.1.99"

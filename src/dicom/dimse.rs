@@ -6,6 +6,8 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 
+use crate::dicom::text::trim_padding;
+
 /// Command Field values (PS3.7 E.1).
 pub mod command_field {
     pub const C_STORE_RQ: u16 = 0x0001;
@@ -50,10 +52,6 @@ pub struct Command {
     pub affected_sop_instance_uid: Option<String>,
     /// Whether a data set follows this command.
     pub has_data_set: bool,
-}
-
-fn trim_uid(s: &str) -> String {
-    s.trim_end_matches(['\0', ' ']).to_string()
 }
 
 /// Largest command set accepted (real ones are a few hundred bytes).
@@ -106,7 +104,7 @@ impl Command {
                     ))),
                 }
             };
-            let ui = || trim_uid(&String::from_utf8_lossy(value));
+            let ui = || trim_padding(&String::from_utf8_lossy(value)).to_string();
             match Tag(group, element) {
                 tags::COMMAND_FIELD => field = Some(us()?),
                 tags::MESSAGE_ID => message_id = Some(us()?),

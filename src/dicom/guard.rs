@@ -25,6 +25,8 @@ use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 
+use crate::dicom::text::trim_padding;
+
 /// Undefined length marker.
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const ITEM: Tag = Tag(0xFFFE, 0xE000);
@@ -143,7 +145,7 @@ impl Encoding {
     /// The data set encoding of a transfer syntax. Every syntax other than the three native ones
     /// encodes its data set as Explicit VR Little Endian.
     pub fn of_transfer_syntax(uid: &str) -> Self {
-        let (explicit, big_endian, deflated) = match uid.trim_end_matches(['\0', ' ']) {
+        let (explicit, big_endian, deflated) = match trim_padding(uid) {
             "1.2.840.10008.1.2" => (false, false, false),
             "1.2.840.10008.1.2.2" => (true, true, false),
             "1.2.840.10008.1.2.1.99" => (true, false, true),
@@ -819,11 +821,7 @@ fn scan_meta(bytes: &[u8], mut pos: usize) -> Result<(usize, Option<String>), Gu
             });
         };
         if tag == Tag(0x0002, 0x0010) {
-            ts = Some(
-                String::from_utf8_lossy(value)
-                    .trim_end_matches(['\0', ' '])
-                    .to_string(),
-            );
+            ts = Some(trim_padding(&String::from_utf8_lossy(value)).to_string());
         }
         pos = value_start + len;
     }

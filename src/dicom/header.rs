@@ -9,6 +9,8 @@ use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 
+use crate::dicom::text::{element_text, trim_padding};
+
 /// Implementation Class UID written in the file meta of stored files (2.25 UUID-derived, fixed).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.176361094755367043416387219398442396731";
 /// Implementation Version Name written in the file meta of stored files.
@@ -76,18 +78,12 @@ pub fn file_preamble_and_meta(
     Ok(out)
 }
 
-fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let v = obj.element_opt(tag).ok()??.to_str().ok()?;
-    let v = v.trim_end_matches(['\0', ' ']).trim_start_matches(' ');
-    (!v.is_empty()).then(|| v.to_string())
-}
-
 fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i32> {
     obj.element_opt(tag).ok()??.to_int::<i32>().ok()
 }
 
 fn required(obj: &InMemDicomObject, tag: Tag, name: &str) -> Result<String, HeaderError> {
-    text(obj, tag).ok_or_else(|| HeaderError::Mismatch(format!("{name} is missing")))
+    element_text(obj, tag).ok_or_else(|| HeaderError::Mismatch(format!("{name} is missing")))
 }
 
 /// Parse a DICOM DA (`YYYYMMDD`, or the ACR-NEMA `YYYY.MM.DD`).
@@ -113,7 +109,7 @@ pub fn read_header(
 /// Parse a header walked by the structural guard (the elements before Pixel Data, inflated when
 /// the transfer syntax is deflated).
 pub fn parse_header(header: &[u8], transfer_syntax: &str) -> Result<InMemDicomObject, HeaderError> {
-    let uid = transfer_syntax.trim_end_matches(['\0', ' ']);
+    let uid = trim_padding(transfer_syntax);
     let explicit = EXPLICIT_VR_LITTLE_ENDIAN.erased();
     let ts = if uid == "1.2.840.10008.1.2.1.99" {
         // the guard kept the header inflated
@@ -162,24 +158,26 @@ fn check_header(
         sop_instance_uid,
         study_instance_uid,
         series_instance_uid,
-        patient_id: text(obj, tags::PATIENT_ID),
-        patient_name: text(obj, tags::PATIENT_NAME),
-        issuer_of_patient_id: text(obj, tags::ISSUER_OF_PATIENT_ID),
-        patient_birth_date: text(obj, tags::PATIENT_BIRTH_DATE),
-        patient_sex: text(obj, tags::PATIENT_SEX),
-        accession_number: text(obj, tags::ACCESSION_NUMBER),
-        study_id: text(obj, tags::STUDY_ID),
-        study_date: text(obj, tags::STUDY_DATE).as_deref().and_then(parse_da),
-        study_time: text(obj, tags::STUDY_TIME),
-        study_description: text(obj, tags::STUDY_DESCRIPTION),
-        referring_physician_name: text(obj, tags::REFERRING_PHYSICIAN_NAME),
-        specific_character_set: text(obj, tags::SPECIFIC_CHARACTER_SET),
-        modality: text(obj, tags::MODALITY),
-        body_part_examined: text(obj, tags::BODY_PART_EXAMINED),
+        patient_id: element_text(obj, tags::PATIENT_ID),
+        patient_name: element_text(obj, tags::PATIENT_NAME),
+        issuer_of_patient_id: element_text(obj, tags::ISSUER_OF_PATIENT_ID),
+        patient_birth_date: element_text(obj, tags::PATIENT_BIRTH_DATE),
+        patient_sex: element_text(obj, tags::PATIENT_SEX),
+        accession_number: element_text(obj, tags::ACCESSION_NUMBER),
+        study_id: element_text(obj, tags::STUDY_ID),
+        study_date: element_text(obj, tags::STUDY_DATE)
+            .as_deref()
+            .and_then(parse_da),
+        study_time: element_text(obj, tags::STUDY_TIME),
+        study_description: element_text(obj, tags::STUDY_DESCRIPTION),
+        referring_physician_name: element_text(obj, tags::REFERRING_PHYSICIAN_NAME),
+        specific_character_set: element_text(obj, tags::SPECIFIC_CHARACTER_SET),
+        modality: element_text(obj, tags::MODALITY),
+        body_part_examined: element_text(obj, tags::BODY_PART_EXAMINED),
         series_number: int(obj, tags::SERIES_NUMBER),
-        series_description: text(obj, tags::SERIES_DESCRIPTION),
+        series_description: element_text(obj, tags::SERIES_DESCRIPTION),
         instance_number: int(obj, tags::INSTANCE_NUMBER),
-        view_position: text(obj, tags::VIEW_POSITION),
+        view_position: element_text(obj, tags::VIEW_POSITION),
     })
 }
 

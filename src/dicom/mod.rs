@@ -2,7 +2,7 @@
 //! it. UIDs and AE titles parsed once at the edge; the SOP classes and transfer syntaxes we take;
 //! PDUs and DIMSE command sets in both directions; the structural guard every untrusted data set
 //! passes before dicom-rs parses it; codestream checks before a codec runs; reading a received
-//! instance's header and writing its file meta.
+//! instance's header and writing its file meta; the padding rules of text values.
 
 pub mod ae;
 pub mod codestream;
@@ -11,4 +11,5 @@ pub mod guard;
 pub mod header;
 pub mod pdu;
 pub mod sop_classes;
+pub mod text;
 pub mod uid;

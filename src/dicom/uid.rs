@@ -31,7 +31,7 @@ impl Uid {
     /// A UID from a peer or a stored data set, trimmed of its NUL or space padding
     /// ([`is_received_uid`]).
     pub fn received(raw: &str) -> Result<Self, InvalidUid> {
-        let uid = raw.trim_end_matches(['\0', ' ']);
+        let uid = crate::dicom::text::trim_padding(raw);
         if is_received_uid(uid) {
             Ok(Self(uid.to_string()))
         } else {

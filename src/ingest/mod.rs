@@ -170,89 +170,101 @@ impl Ingest {
         self
     }
 
+    /// Store a received data set in the order the module documents: wait for it to be staged,
+    /// check its header ([`Self::prepare`]), then record it and publish its file in one
+    /// transaction ([`Self::commit`]); count, log and answer how it ended.
     async fn store_request(&self, req: Received, sink: IngestSink) -> Outcome {
         let started = Instant::now();
-        let sop_class = req.sop_class_uid.clone();
-        let sop_instance = req.sop_instance_uid.clone();
-        let spool = self.spool.clone();
-        let ts = req.transfer_syntax.clone();
-        let (req_ts, req_calling, req_called) = (
-            req.transfer_syntax.clone(),
-            req.calling_ae_title.clone(),
-            req.called_ae_title.clone(),
-        );
-        let req_peer = req.peer.to_string();
-        let (sc, si) = (sop_class.clone(), sop_instance.clone());
-        let streamed = sink.finish().await;
-        let prepared = tokio::task::spawn_blocking(move || {
-            let Streamed { staged, header, .. } = streamed?;
-            match check(&header, &sc, &si, &ts) {
-                Ok((header, key)) => Ok(Prepared {
-                    header,
-                    key,
-                    staged,
-                }),
-                Err(e) => {
-                    spool.discard(staged);
-                    Err(e)
-                }
-            }
-        })
-        .await;
-        let prepared = match prepared {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return self.refused(e, &sop_instance),
-            Err(join) => {
-                self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(sop_instance_uid = ?sop_instance, error = %join, "ingest task failed");
-                return Outcome::refused(Refusal::Unavailable, "internal error");
-            }
+        let prepared = match self.prepare(&req, sink).await {
+            Ok(p) => p,
+            Err(refused) => return refused,
         };
         let key = prepared.key.as_str().to_string();
         let arrival = Arrival {
-            transfer_syntax_uid: &req_ts,
-            calling_ae_title: &req_calling,
-            called_ae_title: &req_called,
-            peer_address: req_peer,
+            transfer_syntax_uid: &req.transfer_syntax,
+            calling_ae_title: &req.calling_ae_title,
+            called_ae_title: &req.called_ae_title,
+            peer_address: req.peer.to_string(),
             spool_key: &key,
             size_bytes: prepared.staged.size as i64,
         };
         let size = prepared.staged.size;
         match self.commit(prepared, &arrival).await {
-            Ok(recorded) => {
-                match recorded {
-                    Recorded::Duplicate => {
-                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Recorded::New | Recorded::Restored => {
-                        self.stats.stored.fetch_add(1, Ordering::Relaxed);
-                        self.stats.stored_bytes.fetch_add(size, Ordering::Relaxed);
-                    }
-                }
-                if recorded == Recorded::Restored {
-                    self.stats.restored.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::info!(
-                    sop_instance_uid = ?sop_instance,
-                    transfer_syntax = ?arrival.transfer_syntax_uid,
-                    bytes = size,
-                    duplicate = recorded == Recorded::Duplicate,
-                    restored = recorded == Recorded::Restored,
-                    ms = started.elapsed().as_millis() as u64,
-                    "stored"
-                );
-                match recorded {
-                    Recorded::New => Outcome::Stored,
-                    Recorded::Duplicate => Outcome::Duplicate,
-                    Recorded::Restored => Outcome::Restored,
-                }
+            Ok(recorded) => self.stored(recorded, &req.sop_instance_uid, &arrival, size, started),
+            Err(e) => self.not_committed(e, &req.sop_instance_uid),
+        }
+    }
+
+    /// Wait for the data set to be staged, then check its header against what the sender said;
+    /// a data set that fails is discarded, and answered (counted and logged).
+    async fn prepare(&self, req: &Received, sink: IngestSink) -> Result<Prepared, Outcome> {
+        let spool = self.spool.clone();
+        let (sc, si, ts) = (
+            req.sop_class_uid.clone(),
+            req.sop_instance_uid.clone(),
+            req.transfer_syntax.clone(),
+        );
+        let streamed = sink.finish().await;
+        let prepared =
+            tokio::task::spawn_blocking(move || check_staged(&*spool, streamed, &sc, &si, &ts))
+                .await;
+        match prepared {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(self.refused(e, &req.sop_instance_uid)),
+            Err(join) => {
+                self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(sop_instance_uid = ?req.sop_instance_uid, error = %join, "ingest task failed");
+                Err(Outcome::refused(Refusal::Unavailable, "internal error"))
             }
-            Err(CommitError::Database(e)) => {
+        }
+    }
+
+    /// The answer to a recorded (and published) instance, counted and logged.
+    fn stored(
+        &self,
+        recorded: Recorded,
+        sop_instance: &str,
+        arrival: &Arrival<'_>,
+        size: u64,
+        started: Instant,
+    ) -> Outcome {
+        match recorded {
+            Recorded::Duplicate => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Recorded::New | Recorded::Restored => {
+                self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                self.stats.stored_bytes.fetch_add(size, Ordering::Relaxed);
+            }
+        }
+        if recorded == Recorded::Restored {
+            self.stats.restored.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(
+            sop_instance_uid = ?sop_instance,
+            transfer_syntax = ?arrival.transfer_syntax_uid,
+            bytes = size,
+            duplicate = recorded == Recorded::Duplicate,
+            restored = recorded == Recorded::Restored,
+            ms = started.elapsed().as_millis() as u64,
+            "stored"
+        );
+        match recorded {
+            Recorded::New => Outcome::Stored,
+            Recorded::Duplicate => Outcome::Duplicate,
+            Recorded::Restored => Outcome::Restored,
+        }
+    }
+
+    /// The answer to a data set that could not be recorded or published, counted and logged.
+    fn not_committed(&self, e: CommitError, sop_instance: &str) -> Outcome {
+        match e {
+            CommitError::Database(e) => {
                 self.stats.rejected_database.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(sop_instance_uid = ?sop_instance, error = %e, "database unavailable: refused");
                 Outcome::refused(Refusal::Unavailable, "database unavailable")
             }
-            Err(CommitError::Spool(e)) => {
+            CommitError::Spool(e) => {
                 self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(sop_instance_uid = ?sop_instance, error = %e, "spool publish failed: refused");
                 Outcome::refused(Refusal::Unavailable, "spool unavailable")
@@ -392,6 +404,29 @@ fn check(
     let key = SpoolKey::for_instance(&header.study_instance_uid, &header.sop_instance_uid)
         .map_err(|e| PrepareError::Header(HeaderError::Mismatch(e.to_string())))?;
     Ok((header, key))
+}
+
+/// The staging task's result checked ([`check`]) into a [`Prepared`] instance; a staged file
+/// whose header fails is discarded.
+fn check_staged(
+    spool: &dyn Storage,
+    streamed: Result<Streamed, PrepareError>,
+    sop_class: &str,
+    sop_instance: &str,
+    transfer_syntax: &str,
+) -> Result<Prepared, PrepareError> {
+    let Streamed { staged, header, .. } = streamed?;
+    match check(&header, sop_class, sop_instance, transfer_syntax) {
+        Ok((header, key)) => Ok(Prepared {
+            header,
+            key,
+            staged,
+        }),
+        Err(e) => {
+            spool.discard(staged);
+            Err(e)
+        }
+    }
 }
 
 /// A fragment for the staging task (with the memory it holds), or the end of the data set.

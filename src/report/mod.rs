@@ -20,6 +20,7 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::dicom::text::element_text_lenient;
 use crate::dicom::uid::is_received_uid;
 
 pub use crate::findings::{AnalysedImage, ImageRef, LabelResult};
@@ -435,11 +436,9 @@ pub fn is_valid_uid(uid: &str) -> bool {
     crate::dicom::uid::is_strict_uid(uid)
 }
 
+/// The element's text ([`element_text_lenient`]); empty when it is absent or empty.
 fn text(obj: &InMemDicomObject, tag: Tag) -> String {
-    obj.get(tag)
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_matches(|c: char| c == ' ' || c == '\0').to_string())
-        .unwrap_or_default()
+    element_text_lenient(obj, tag).unwrap_or_default()
 }
 
 /// The value if it has at most `max` characters and no backslash, else empty.

@@ -193,17 +193,32 @@ fn check_uid(what: &'static str, uid: &str) -> Result<(), SrError> {
 
 // ---------------------------------------------------------------- header modules
 
+/// The header modules of the SR, in this order: SOP Common, Patient, General Study, SR Document
+/// Series, General Equipment, SR Document General.
 fn put_header(obj: &mut InMemDicomObject, req: &ReportRequest, sop_uid: &str, series_uid: &str) {
-    let s = &req.study;
     let date = req.content_datetime.format("%Y%m%d").to_string();
     let time = req.content_datetime.format("%H%M%S").to_string();
-    let model = &req.model;
+    put_sop_common(obj, req, sop_uid, &date, &time);
+    put_patient(obj, &req.study);
+    put_general_study(obj, &req.study);
+    put_sr_document_series(obj, req, series_uid);
+    put_equipment(obj, &req.model);
+    put_sr_document_general(obj, req, &date, &time);
+}
 
-    // SOP Common
+/// SOP Common: class, instance, creation date and time, the coding schemes used, the
+/// contributing equipment.
+fn put_sop_common(
+    obj: &mut InMemDicomObject,
+    req: &ReportRequest,
+    sop_uid: &str,
+    date: &str,
+    time: &str,
+) {
     put(obj, tags::SOP_CLASS_UID, VR::UI, SR_SOP_CLASS_UID);
     put(obj, tags::SOP_INSTANCE_UID, VR::UI, sop_uid);
-    put(obj, tags::INSTANCE_CREATION_DATE, VR::DA, date.as_str());
-    put(obj, tags::INSTANCE_CREATION_TIME, VR::TM, time.as_str());
+    put(obj, tags::INSTANCE_CREATION_DATE, VR::DA, date);
+    put(obj, tags::INSTANCE_CREATION_TIME, VR::TM, time);
     put_seq(
         obj,
         tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
@@ -214,8 +229,10 @@ fn put_header(obj: &mut InMemDicomObject, req: &ReportRequest, sop_uid: &str, se
         tags::CONTRIBUTING_EQUIPMENT_SEQUENCE,
         vec![contributing_equipment(req)],
     );
+}
 
-    // Patient
+/// Patient, as read from the source study.
+fn put_patient(obj: &mut InMemDicomObject, s: &SourceStudy) {
     put(obj, tags::PATIENT_NAME, VR::PN, s.patient_name.as_str());
     put(obj, tags::PATIENT_ID, VR::LO, s.patient_id.as_str());
     if let Some(issuer) = &s.issuer_of_patient_id {
@@ -228,8 +245,10 @@ fn put_header(obj: &mut InMemDicomObject, req: &ReportRequest, sop_uid: &str, se
         s.patient_birth_date.as_str(),
     );
     put(obj, tags::PATIENT_SEX, VR::CS, s.patient_sex.as_str());
+}
 
-    // General Study
+/// General Study, as read from the source study (the SR belongs to it).
+fn put_general_study(obj: &mut InMemDicomObject, s: &SourceStudy) {
     put(
         obj,
         tags::STUDY_INSTANCE_UID,
@@ -251,8 +270,10 @@ fn put_header(obj: &mut InMemDicomObject, req: &ReportRequest, sop_uid: &str, se
         VR::PN,
         s.referring_physician_name.as_str(),
     );
+}
 
-    // SR Document Series
+/// SR Document Series: modality SR, the series of the report.
+fn put_sr_document_series(obj: &mut InMemDicomObject, req: &ReportRequest, series_uid: &str) {
     put(obj, tags::MODALITY, VR::CS, "SR");
     put(obj, tags::SERIES_INSTANCE_UID, VR::UI, series_uid);
     put(
@@ -272,8 +293,10 @@ fn put_header(obj: &mut InMemDicomObject, req: &ReportRequest, sop_uid: &str, se
         tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
         vec![],
     );
+}
 
-    // General Equipment and Enhanced General Equipment: the software that wrote the SR.
+/// General Equipment and Enhanced General Equipment: the software that wrote the SR.
+fn put_equipment(obj: &mut InMemDicomObject, model: &ModelInfo) {
     put(obj, tags::MANUFACTURER, VR::LO, model.manufacturer.as_str());
     put(obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, DEVICE_NAME);
     put(obj, tags::DEVICE_SERIAL_NUMBER, VR::LO, model.device_uid());
@@ -283,16 +306,24 @@ fn put_header(obj: &mut InMemDicomObject, req: &ReportRequest, sop_uid: &str, se
         VR::LO,
         model.software_version.as_str(),
     );
+}
 
-    // SR Document General
+/// SR Document General: instance number, content date and time, completion and verification,
+/// the requests it answers and the report it revises.
+fn put_sr_document_general(
+    obj: &mut InMemDicomObject,
+    req: &ReportRequest,
+    date: &str,
+    time: &str,
+) {
     put(
         obj,
         tags::INSTANCE_NUMBER,
         VR::IS,
         req.instance_number.to_string(),
     );
-    put(obj, tags::CONTENT_DATE, VR::DA, date.as_str());
-    put(obj, tags::CONTENT_TIME, VR::TM, time.as_str());
+    put(obj, tags::CONTENT_DATE, VR::DA, date);
+    put(obj, tags::CONTENT_TIME, VR::TM, time);
     let completion = match req.completion {
         Completion::Complete => "COMPLETE",
         Completion::Partial => "PARTIAL",
@@ -300,6 +331,7 @@ fn put_header(obj: &mut InMemDicomObject, req: &ReportRequest, sop_uid: &str, se
     put(obj, tags::COMPLETION_FLAG, VR::CS, completion);
     put(obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
     put_seq(obj, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]);
+    let s = &req.study;
     if !s.requests.is_empty() {
         let items = s.requests.iter().map(request_item).collect();
         put_seq(obj, tags::REFERENCED_REQUEST_SEQUENCE, items);

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Destination;
 use crate::dicom::dimse::{command_field, status};
+use crate::dicom::text::trim_padding;
 
 /// Network settings of the SCU.
 #[derive(Debug, Clone)]
@@ -289,13 +290,13 @@ async fn exchange(
         .iter()
         .find(|pc| {
             pc.reason == PresentationContextResultReason::Acceptance
-                && trim(&pc.abstract_syntax) == sop_class_uid
+                && trim_padding(&pc.abstract_syntax) == sop_class_uid
         })
         .ok_or_else(|| SendError::NoPresentationContext {
             sop_class_uid: sop_class_uid.to_string(),
         })?;
     let pc_id = pc.id;
-    let ts_uid = trim(&pc.transfer_syntax).to_string();
+    let ts_uid = trim_padding(&pc.transfer_syntax).to_string();
     let ts = if ts_uid == IMPLICIT_VR_LITTLE_ENDIAN.uid() {
         IMPLICIT_VR_LITTLE_ENDIAN.erased()
     } else if ts_uid == EXPLICIT_VR_LITTLE_ENDIAN.uid() {
@@ -403,7 +404,7 @@ fn parse_response(bytes: &[u8]) -> Result<(u16, Option<String>), SendError> {
         .element(tags::ERROR_COMMENT)
         .ok()
         .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .map(|s| trim_padding(&s).to_string())
         .filter(|s| !s.is_empty());
     Ok((status, comment))
 }
@@ -451,13 +452,9 @@ fn uid_of(
     file.element(tag)
         .ok()
         .and_then(|e| e.to_str().ok())
-        .map(|s| trim(&s).to_string())
+        .map(|s| trim_padding(&s).to_string())
         .filter(|s| !s.is_empty())
         .ok_or(SendError::MissingUid(name))
-}
-
-fn trim(uid: &str) -> &str {
-    uid.trim_end_matches(['\0', ' '])
 }
 
 async fn with_timeout<T>(
