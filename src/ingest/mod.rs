@@ -5,6 +5,10 @@
 //! staged (written + fsynced), its row inserted, the file published (renamed + directory
 //! fsynced), and only then is the transaction committed and Stored returned. Any failure before
 //! that is a refusal and leaves nothing half-done that matters.
+//!
+//! Events logged here name the instance only on the one "stored" line: the receiving protocol
+//! opens a span per instance (the SCP's `c_store`, with its SOP Instance UID), which every event
+//! inside carries.
 
 pub mod budget;
 pub mod diskspace;
@@ -191,7 +195,7 @@ impl Ingest {
         let size = prepared.staged.size;
         match self.commit(prepared, &arrival).await {
             Ok(recorded) => self.stored(recorded, &req.sop_instance_uid, &arrival, size, started),
-            Err(e) => self.not_committed(e, &req.sop_instance_uid),
+            Err(e) => self.not_committed(e),
         }
     }
 
@@ -210,7 +214,7 @@ impl Ingest {
                 .await;
         match prepared {
             Ok(Ok(p)) => Ok(p),
-            Ok(Err(e)) => Err(self.refused(e, &req.sop_instance_uid)),
+            Ok(Err(e)) => Err(self.refused(e)),
             Err(join) => {
                 self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(sop_instance_uid = ?req.sop_instance_uid, error = %join, "ingest task failed");
@@ -257,16 +261,16 @@ impl Ingest {
     }
 
     /// The answer to a data set that could not be recorded or published, counted and logged.
-    fn not_committed(&self, e: CommitError, sop_instance: &str) -> Outcome {
+    fn not_committed(&self, e: CommitError) -> Outcome {
         match e {
             CommitError::Database(e) => {
                 self.stats.rejected_database.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(sop_instance_uid = ?sop_instance, error = %e, "database unavailable: refused");
+                tracing::error!(error = %e, "database unavailable: refused");
                 Outcome::refused(Refusal::Unavailable, "database unavailable")
             }
             CommitError::Spool(e) => {
                 self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(sop_instance_uid = ?sop_instance, error = %e, "spool publish failed: refused");
+                tracing::error!(error = %e, "spool publish failed: refused");
                 Outcome::refused(Refusal::Unavailable, "spool unavailable")
             }
         }
@@ -338,23 +342,23 @@ impl Ingest {
     }
 
     /// The answer to a data set that could not be prepared, counted and logged.
-    fn refused(&self, e: PrepareError, sop_instance: &str) -> Outcome {
+    fn refused(&self, e: PrepareError) -> Outcome {
         match e {
             PrepareError::Guard(e) if e.is_limit() => {
                 self.stats.rejected_limits.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sop_instance_uid = ?sop_instance, reason = %e, "data set over a structural limit: refused");
+                tracing::warn!(reason = %e, "data set over a structural limit: refused");
                 Outcome::refused(Refusal::OverLimit, e.to_string())
             }
             PrepareError::Guard(e) => {
                 self.stats
                     .rejected_unreadable
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sop_instance_uid = ?sop_instance, reason = %e, "data set cannot be understood");
+                tracing::warn!(reason = %e, "data set cannot be understood");
                 Outcome::refused(Refusal::Malformed, "data set is malformed")
             }
             PrepareError::Memory => {
                 self.stats.rejected_limits.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sop_instance_uid = ?sop_instance, "receive memory budget exhausted: refused");
+                tracing::warn!("receive memory budget exhausted: refused");
                 Outcome::refused(
                     Refusal::Unavailable,
                     "receive memory budget exhausted; retry later",
@@ -364,17 +368,17 @@ impl Ingest {
                 self.stats
                     .rejected_unreadable
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sop_instance_uid = ?sop_instance, reason = ?reason, "data set cannot be understood");
+                tracing::warn!(reason = ?reason, "data set cannot be understood");
                 Outcome::refused(Refusal::Malformed, "data set cannot be parsed")
             }
             PrepareError::Header(HeaderError::Mismatch(reason)) => {
                 self.stats.rejected_mismatch.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sop_instance_uid = ?sop_instance, reason = ?reason, "data set does not match");
+                tracing::warn!(reason = ?reason, "data set does not match");
                 Outcome::refused(Refusal::Mismatch, reason)
             }
             PrepareError::Spool(reason) => {
                 self.stats.rejected_spool.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(sop_instance_uid = ?sop_instance, reason = ?reason, "spool write failed");
+                tracing::error!(reason = ?reason, "spool write failed");
                 Outcome::refused(Refusal::Unavailable, "spool unavailable")
             }
         }

@@ -25,6 +25,7 @@ use crate::dicom::dimse::{Command, MAX_COMMAND_BYTES, Response, command_field, s
 use crate::dicom::header::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::dicom::pdu::{PduError, PduStream};
 use crate::dicom::sop_classes;
+use crate::dicom::text::trim_value_lenient;
 use crate::ingest::budget::MemoryBudget;
 use crate::ingest::{DataSink, Outcome, Received, Refusal, StoreHandler};
 
@@ -48,10 +49,6 @@ pub struct Negotiated {
     pub contexts: Vec<Context>,
     /// The largest P-DATA-TF PDU the requester takes (0: no limit).
     pub peer_max_pdu: u32,
-}
-
-fn trim(s: &str) -> &str {
-    s.trim_matches(|c: char| c == ' ' || c == '\0')
 }
 
 fn rejected_by_user(reason: AssociationRJServiceUserReason) -> AssociationRJ {
@@ -80,17 +77,17 @@ pub fn negotiate(
             AssociationRJServiceUserReason::NoReasonGiven,
         ));
     }
-    if trim(&rq.application_context_name) != APPLICATION_CONTEXT {
+    if trim_value_lenient(&rq.application_context_name) != APPLICATION_CONTEXT {
         return Err(rejected_by_user(
             AssociationRJServiceUserReason::ApplicationContextNameNotSupported,
         ));
     }
-    if trim(&rq.called_ae_title) != settings.ae_title.as_str() {
+    if trim_value_lenient(&rq.called_ae_title) != settings.ae_title.as_str() {
         return Err(rejected_by_user(
             AssociationRJServiceUserReason::CalledAETitleNotRecognized,
         ));
     }
-    let calling_ae = trim(&rq.calling_ae_title).to_string();
+    let calling_ae = trim_value_lenient(&rq.calling_ae_title).to_string();
     if !admitted(&settings.allowed, &calling_ae, peer) {
         return Err(rejected_by_user(
             AssociationRJServiceUserReason::CallingAETitleNotRecognized,
@@ -100,13 +97,13 @@ pub fn negotiate(
         .presentation_contexts
         .iter()
         .map(|pc| {
-            let abstract_syntax = trim(&pc.abstract_syntax).to_string();
+            let abstract_syntax = trim_value_lenient(&pc.abstract_syntax).to_string();
             let offered = abstract_syntax == uids::VERIFICATION
                 || settings.accepted_sop_classes.contains(&abstract_syntax);
             let chosen = pc
                 .transfer_syntaxes
                 .iter()
-                .map(|ts| trim(ts))
+                .map(|ts| trim_value_lenient(ts))
                 .find(|ts| sop_classes::is_accepted_transfer_syntax(ts));
             Context {
                 id: pc.id,
