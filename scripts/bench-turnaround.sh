@@ -13,7 +13,7 @@
 # env (.venv) and the full-size models (made by scripts/make-models.sh when missing). The studies
 # are generated once into var/bench/studies (-j2k) from real chest pixel data (NIH PNGs, WG04 RG1) with
 # new UIDs; every run uses a fresh database, dropped afterwards. Results: var/bench/*.json, the
-# daemon's log next to them. SKIP_BUILD=1 reuses target/release/cxr-worker.
+# daemon's log next to them. SKIP_BUILD=1 reuses target/release/cxr-worker; CXR_WORKER_BIN=PATH runs another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,9 @@ INTERVAL=${INTERVAL:-0}
 ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/ort-library.sh)}
 DATABASE_URL=${DATABASE_URL:-$(scripts/pg.sh start | tail -1)}
 
-[[ "${SKIP_BUILD:-0}" == 1 ]] || cargo build --release --quiet --bin cxr-worker
+# CXR_WORKER_BIN: another build (e.g. the previous main's) for a same-session A/B
+BIN=${CXR_WORKER_BIN:-target/release/cxr-worker}
+[[ "${SKIP_BUILD:-0}" == 1 || -n ${CXR_WORKER_BIN:-} ]] || cargo build --release --quiet --bin cxr-worker
 [[ -f onnx/anatomy-segmenter.onnx && -f onnx/anatomy-xnet.onnx ]] || scripts/make-models.sh
 mkdir -p var/bench
 studies=var/bench/studies${J2K:+-j2k}
@@ -34,9 +36,9 @@ db="cxr_bench_$(date +%s)_$$"
 psql "$DATABASE_URL" -X -q -c "CREATE DATABASE $db"
 trap 'psql "$DATABASE_URL" -X -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-echo "cxr-worker $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+dirty'); $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "cxr-worker ${CXR_WORKER_BIN:-$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+dirty')}; $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 "$PYTHON" scripts/bench_turnaround.py run \
-  --binary target/release/cxr-worker --db-url "${DATABASE_URL%/*}/$db" \
+  --binary "$BIN" --db-url "${DATABASE_URL%/*}/$db" \
   --models onnx --ort "$ORT_DYLIB_PATH" --studies "$studies" \
   --count $((COUNT + 1)) --quiet "$QUIET" --interval "$INTERVAL" \
   ${THREADS:+--threads "$THREADS"} --study-extra "${STUDY_EXTRA:-}" \

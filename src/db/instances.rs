@@ -41,7 +41,7 @@ pub async fn record(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (study_instance_uid) DO NOTHING",
     )
-    .bind(&h.study_instance_uid)
+    .bind(h.study_instance_uid.as_str())
     .bind(&h.patient_id)
     .bind(&h.patient_name)
     .bind(&h.issuer_of_patient_id)
@@ -62,8 +62,8 @@ pub async fn record(
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (series_instance_uid) DO NOTHING",
     )
-    .bind(&h.series_instance_uid)
-    .bind(&h.study_instance_uid)
+    .bind(h.series_instance_uid.as_str())
+    .bind(h.study_instance_uid.as_str())
     .bind(&h.modality)
     .bind(&h.body_part_examined)
     .bind(h.series_number)
@@ -77,9 +77,9 @@ pub async fn record(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (sop_instance_uid) DO NOTHING",
     )
-    .bind(&h.sop_instance_uid)
-    .bind(&h.series_instance_uid)
-    .bind(&h.study_instance_uid)
+    .bind(h.sop_instance_uid.as_str())
+    .bind(h.series_instance_uid.as_str())
+    .bind(h.study_instance_uid.as_str())
     .bind(&h.sop_class_uid)
     .bind(a.transfer_syntax_uid)
     .bind(h.instance_number)
@@ -101,7 +101,7 @@ pub async fn record(
         "UPDATE instances SET duplicate_count = duplicate_count + 1, last_duplicate_at = now()
          WHERE sop_instance_uid = $1",
     )
-    .bind(&h.sop_instance_uid)
+    .bind(h.sop_instance_uid.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(Recorded::Duplicate)
@@ -122,7 +122,7 @@ pub async fn restore(
              state_changed_at = now()
          WHERE sop_instance_uid = $1",
     )
-    .bind(&h.sop_instance_uid)
+    .bind(h.sop_instance_uid.as_str())
     .bind(a.transfer_syntax_uid)
     .bind(a.calling_ae_title)
     .bind(a.called_ae_title)

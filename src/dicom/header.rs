@@ -10,6 +10,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 
 use crate::dicom::text::{element_text, trim_padding};
+use crate::dicom::uid::Uid;
 
 /// Implementation Class UID written in the file meta of stored files (2.25 UUID-derived, fixed).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.176361094755367043416387219398442396731";
@@ -28,12 +29,13 @@ pub enum HeaderError {
 }
 
 /// What the database keeps of a received instance.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstanceHeader {
     pub sop_class_uid: String,
-    pub sop_instance_uid: String,
-    pub study_instance_uid: String,
-    pub series_instance_uid: String,
+    /// The instance, study and series UIDs, parsed once here as received UIDs.
+    pub sop_instance_uid: Uid,
+    pub study_instance_uid: Uid,
+    pub series_instance_uid: Uid,
     pub patient_id: Option<String>,
     pub patient_name: Option<String>,
     pub issuer_of_patient_id: Option<String>,
@@ -142,17 +144,13 @@ fn check_header(
     }
     let study_instance_uid = required(obj, tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
     let series_instance_uid = required(obj, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
-    for (name, uid) in [
-        ("SOP Instance UID", &sop_instance_uid),
-        ("Study Instance UID", &study_instance_uid),
-        ("Series Instance UID", &series_instance_uid),
-    ] {
-        if !crate::dicom::uid::is_received_uid(uid) {
-            return Err(HeaderError::Mismatch(format!(
-                "{name} {uid:?} is not a valid UID"
-            )));
-        }
-    }
+    let uid = |name: &str, raw: &str| {
+        Uid::received(raw)
+            .map_err(|_| HeaderError::Mismatch(format!("{name} {raw:?} is not a valid UID")))
+    };
+    let sop_instance_uid = uid("SOP Instance UID", &sop_instance_uid)?;
+    let study_instance_uid = uid("Study Instance UID", &study_instance_uid)?;
+    let series_instance_uid = uid("Series Instance UID", &series_instance_uid)?;
     Ok(InstanceHeader {
         sop_class_uid,
         sop_instance_uid,

@@ -405,8 +405,8 @@ fn check(
 ) -> Result<(InstanceHeader, SpoolKey), PrepareError> {
     let header = header::read_header(header_bytes, transfer_syntax, sop_class, sop_instance)
         .map_err(PrepareError::Header)?;
-    let key = SpoolKey::for_instance(&header.study_instance_uid, &header.sop_instance_uid)
-        .map_err(|e| PrepareError::Header(HeaderError::Mismatch(e.to_string())))?;
+    // the header's UIDs are parsed (safe path components): the key cannot fail
+    let key = SpoolKey::for_uids(&header.study_instance_uid, &header.sop_instance_uid);
     Ok((header, key))
 }
 

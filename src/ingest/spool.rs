@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use crate::dicom::uid::is_received_uid as is_valid_uid;
+use crate::dicom::uid::{Uid, is_received_uid as is_valid_uid};
 
 /// A spool operation that failed, with the path it was about.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,11 @@ impl SpoolKey {
             }
         }
         Ok(Self(format!("{study_uid}/{sop_instance_uid}.dcm")))
+    }
+
+    /// The key of an instance whose UIDs were parsed already: cannot fail.
+    pub fn for_uids(study: &Uid, sop_instance: &Uid) -> Self {
+        Self(format!("{study}/{sop_instance}.dcm"))
     }
 
     /// Rebuild a key read back from the database.
