@@ -11,7 +11,7 @@
 # Env: MODELS (folder with anatomy-segmenter.onnx and anatomy-xnet.onnx), PASSES (default 4),
 # PROVIDERS (TOML list, default ["cpu"]), THREADS (intra-op threads, 0 = all cores),
 # ORT_DYLIB_PATH (default: the venv's onnxruntime wheel), PYTHON (default .venv/bin/python),
-# SKIP_BUILD=1 to reuse target/release/cxr-worker.
+# SKIP_BUILD=1 to reuse target/release/cxr-worker; CXR_WORKER_BIN=PATH to run another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +26,9 @@ ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/ort-library.sh)}
 SEG=$(realpath "$MODELS/anatomy-segmenter.onnx")
 CLS=$(realpath "$MODELS/anatomy-xnet.onnx")
 
-[[ "${SKIP_BUILD:-0}" == 1 ]] || cargo build --release --quiet
+# CXR_WORKER_BIN: another build (e.g. the previous main's) for a same-session A/B
+BIN=${CXR_WORKER_BIN:-target/release/cxr-worker}
+[[ "${SKIP_BUILD:-0}" == 1 || -n ${CXR_WORKER_BIN:-} ]] || cargo build --release --quiet
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cat > "$work/bench.toml" <<TOML
@@ -53,5 +55,5 @@ files=(
   "$F/siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"  # 1024x1024 8-bit JPEG
 )
 echo "models: $SEG, $CLS; providers $PROVIDERS; $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-"$PYTHON" scripts/bench_infer.py --binary target/release/cxr-worker --config "$work/bench.toml" \
+"$PYTHON" scripts/bench_infer.py --binary "$BIN" --config "$work/bench.toml" \
   --python "$PYTHON" --segmenter "$SEG" --classifier "$CLS" --passes "$PASSES" "${files[@]}"

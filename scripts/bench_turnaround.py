@@ -271,7 +271,10 @@ def breakdown(url):
         JOIN jobs j ON j.study_instance_uid = i.study_instance_uid
         JOIN analyses a ON a.sop_instance_uid = i.sop_instance_uid
         JOIN reports r ON r.study_instance_uid = i.study_instance_uid
-        JOIN outbox o ON o.sr_sop_instance_uid = r.sr_sop_instance_uid
+        -- the outbox's object column: sop_instance_uid since migration 0006, before it
+        -- sr_sop_instance_uid (so the same query serves an A/B against an older build)
+        JOIN outbox o ON COALESCE(to_jsonb(o)->>'sop_instance_uid',
+                                  to_jsonb(o)->>'sr_sop_instance_uid') = r.sr_sop_instance_uid
         JOIN outbox_attempts t ON t.outbox_id = o.id AND t.outcome = 'sent'""")
     out = {}
     for r in rows:
