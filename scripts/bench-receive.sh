@@ -141,6 +141,7 @@ run_cxr() {
 [dicom]
 ae_title = "$AE"
 listen = "127.0.0.1:0"
+allowed_calling_ae_titles = ["BENCH@127.0.0.1"]
 max_associations = 8
 max_pdu_length = $PDU
 [database]

@@ -166,6 +166,7 @@ def write_config(work, a, scp_port):
 [dicom]
 ae_title = "CXR_BENCH"
 listen = "127.0.0.1:0"
+allowed_calling_ae_titles = ["BENCH_MODALITY@127.0.0.1"]
 
 [database]
 url = "{a.db_url}"

@@ -52,6 +52,8 @@ pub enum StartError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("models (keys models.*): {0}")]
     Models(#[from] crate::analyse::infer::InferError),
 }
@@ -92,6 +94,12 @@ impl Daemon {
             tracing::warn!(error = %e, "NOTIFY_SOCKET unusable: not notifying systemd");
             Notifier::disabled()
         });
+        config.dicom.check_admission()?;
+        if config.dicom.allow_any_calling_ae {
+            tracing::warn!(
+                "dicom.allow_any_calling_ae = true: any peer that reaches the port may store studies under any calling AE title"
+            );
+        }
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone(), notifier.clone())?;
         // installed now: a SIGHUP during start-up must not end the process

@@ -163,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::DecodeHelper { memory_limit_bytes } => Ok(helper::helper_main(memory_limit_bytes)),
         Command::Serve { config } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load_to_serve(&config)?;
             cxr_worker::ops::telemetry::init(&cfg.log.level, cfg.log.format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -265,7 +265,7 @@ fn block_on<T>(
 
 fn check_config(config: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let cfg = match Config::load(config) {
+    let cfg = match Config::load_to_serve(config) {
         Ok(cfg) => cfg,
         Err(e) => {
             check::write(&[check::Check::failed("config", e.to_string())], &mut out)?;

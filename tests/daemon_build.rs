@@ -49,3 +49,53 @@ async fn build_binds_port_zero_and_reports_the_real_addresses() {
         "the DICOM listener is closed after the drain"
     );
 }
+
+/// Secure by default: a file that lists no calling AE title and does not say
+/// `allow_any_calling_ae = true` is refused by `serve` and `check-config`, naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_allow_list_refuses_to_start_naming_the_key() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = write_config(
+        &dir,
+        &db.url,
+        "allowed_calling_ae_titles = []\nallow_any_calling_ae = false",
+    );
+    let serve = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cxr-worker"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!serve.status.success(), "{}", text(&serve));
+    assert!(
+        text(&serve).contains("dicom.allowed_calling_ae_titles"),
+        "{}",
+        text(&serve)
+    );
+    let check = run(
+        env!("CARGO_BIN_EXE_cxr-worker"),
+        &[
+            "check-config",
+            "--offline",
+            "--config",
+            dir.join("cxr-worker.toml").to_str().unwrap(),
+        ],
+    );
+    assert!(!check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("dicom.allowed_calling_ae_titles"),
+        "{}",
+        text(&check)
+    );
+    // in-process too: the build step refuses before binding anything
+    let config = Config::load(&dir.join("cxr-worker.toml")).unwrap();
+    let err = Daemon::build(config).await.err().expect("refused");
+    assert!(
+        err.to_string().contains("dicom.allowed_calling_ae_titles"),
+        "{err}"
+    );
+}

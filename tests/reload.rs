@@ -95,6 +95,32 @@ async fn sighup_swaps_the_allow_list_and_the_log_level() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sighup_to_an_open_allow_list_is_refused_unless_explicit() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (mut d, manager) = start(&dir, &db.url, "\"OLD_AE\"");
+    // emptied without saying so: refused, the running list stays
+    write_config(
+        &dir,
+        &db.url,
+        "allowed_calling_ae_titles = []\nallow_any_calling_ae = false",
+    );
+    let mark = d.log_len();
+    reload(&d, &manager);
+    let line = d.wait_log("configuration reload refused", mark, Duration::from_secs(5));
+    assert!(line.contains("dicom.allowed_calling_ae_titles"), "{line}");
+    assert!(echo(&d, "OLD_AE"));
+    assert!(!echo(&d, "ANY_AE"));
+    // said on purpose: applied
+    write_config(&dir, &db.url, "allow_any_calling_ae = true");
+    let mark = d.log_len();
+    reload(&d, &manager);
+    d.wait_log("configuration reloaded", mark, Duration::from_secs(5));
+    assert!(echo(&d, "ANY_AE"));
+    assert!(d.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sighup_with_an_invalid_file_keeps_the_running_configuration() {
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap().keep();

@@ -28,6 +28,7 @@ cat > cxr-worker.toml <<TOML
 [dicom]
 ae_title = "CXR_BENCH"
 listen = "127.0.0.1:0"
+allowed_calling_ae_titles = ["BENCH@127.0.0.1"]
 max_pdu_length = 131072
 [database]
 url = "${ADMIN_URL%/*}/$DB"

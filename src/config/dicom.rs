@@ -14,8 +14,12 @@ use crate::dicom::sop_classes;
 pub struct DicomConfig {
     pub ae_title: AeTitle,
     pub listen: SocketAddr,
-    /// Empty: any calling AE title is accepted.
+    /// The calling AE titles (optionally bound to an address) allowed to store. Empty: any
+    /// calling AE title is accepted — which a configuration file must say explicitly with
+    /// `allow_any_calling_ae = true` ([`DicomConfig::check_admission`]).
     pub allowed_calling_ae_titles: Vec<AllowedPeer>,
+    /// `allow_any_calling_ae`: the file accepts any calling AE title on purpose.
+    pub allow_any_calling_ae: bool,
     /// Associations served at once; more are rejected as transient.
     pub max_associations: usize,
     /// Associations served at once from one peer address.
@@ -37,6 +41,22 @@ pub struct DicomConfig {
     pub accepted_sop_classes: Vec<String>,
 }
 
+impl DicomConfig {
+    /// Secure by default: a file that lists no calling AE title must say
+    /// `allow_any_calling_ae = true`, or anyone who reaches the port could store studies (and
+    /// have reports about them sent into the PACS). Checked when a file is loaded to run from.
+    pub fn check_admission(&self) -> Result<(), ConfigError> {
+        if self.allowed_calling_ae_titles.is_empty() && !self.allow_any_calling_ae {
+            return Err(invalid(
+                "dicom.allowed_calling_ae_titles",
+                "is empty: list the calling AE titles allowed to store (\"AE\" or \"AE@address\"), \
+                 or set dicom.allow_any_calling_ae = true to accept any peer that reaches the port",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDicom {
@@ -44,6 +64,7 @@ pub(super) struct RawDicom {
     listen: Option<String>,
     #[serde(default)]
     allowed_calling_ae_titles: Vec<String>,
+    allow_any_calling_ae: Option<bool>,
     max_associations: Option<i64>,
     max_associations_per_host: Option<i64>,
     max_pending_associations: Option<i64>,
@@ -152,10 +173,18 @@ impl RawDicom {
                 list
             }
         };
+        let allow_any_calling_ae = self.allow_any_calling_ae.unwrap_or(false);
+        if allow_any_calling_ae && !allowed_calling_ae_titles.is_empty() {
+            return Err(invalid(
+                "dicom.allow_any_calling_ae",
+                "is true while dicom.allowed_calling_ae_titles lists peers: keep one of the two",
+            ));
+        }
         Ok(DicomConfig {
             ae_title,
             listen,
             allowed_calling_ae_titles,
+            allow_any_calling_ae,
             max_associations,
             max_associations_per_host,
             max_pending_associations,

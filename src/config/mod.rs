@@ -110,6 +110,14 @@ impl Config {
         Ok(config)
     }
 
+    /// [`load`](Self::load) a file the daemon is to run from (start-up, SIGHUP reload,
+    /// `check-config`): it must also say who may store ([`DicomConfig::check_admission`]).
+    pub fn load_to_serve(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::load(path)?;
+        config.dicom.check_admission()?;
+        Ok(config)
+    }
+
     /// Parse TOML text (named `origin` in errors), apply `env` overrides, validate.
     pub fn from_toml_str(
         text: &str,
@@ -273,6 +281,44 @@ mod tests {
         }
         let err = load(broken[0], &[]).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn an_open_allow_list_must_be_explicit() {
+        // parsed as written (admin commands, tools), but not served without the explicit key
+        let open = load(MINIMAL, &[]).unwrap();
+        let err = open.dicom.check_admission().unwrap_err().to_string();
+        assert!(err.contains("dicom.allowed_calling_ae_titles"), "{err}");
+        assert!(err.contains("allow_any_calling_ae = true"), "{err}");
+        let any = load(
+            &format!("{MINIMAL}\n[dicom]\nallow_any_calling_ae = true\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(any.dicom.allow_any_calling_ae);
+        assert!(any.dicom.check_admission().is_ok());
+        let listed = load(
+            &format!("{MINIMAL}\n[dicom]\nallowed_calling_ae_titles = [\"PACS\"]\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(listed.dicom.check_admission().is_ok());
+        let both = load(
+            &format!(
+                "{MINIMAL}\n[dicom]\nallowed_calling_ae_titles = [\"PACS\"]\nallow_any_calling_ae = true\n"
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("dicom.allow_any_calling_ae"), "{both}");
+        // the environment can say it too
+        let env = load(
+            MINIMAL,
+            &[("CXR_WORKER__DICOM__ALLOW_ANY_CALLING_AE", "true")],
+        )
+        .unwrap();
+        assert!(env.dicom.check_admission().is_ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! SIGHUP (`systemctl reload`, the unit's `ExecReload=`): re-read the configuration file and
 //! apply what can change safely while running; keep everything else.
 //!
-//! Applied at once: `dicom.allowed_calling_ae_titles` (the next association), `[[destinations]]`
+//! Applied at once: `dicom.allowed_calling_ae_titles` and `dicom.allow_any_calling_ae` (the next
+//! association; an empty list needs the explicit key, as at start-up), `[[destinations]]`
 //! (the next SR queued and the next send; a queued row whose destination was removed fails),
 //! `log.level` (unless `RUST_LOG` is set), `spool.max_used_percent`, `spool.retention_days` and
 //! `spool.retention_interval_secs`. Other changed keys are logged as needing a restart and are
@@ -80,6 +81,10 @@ impl Live {
             running.dicom.allowed_calling_ae_titles = allowed;
             applied.changed.push("dicom.allowed_calling_ae_titles");
         }
+        if running.dicom.allow_any_calling_ae != new.dicom.allow_any_calling_ae {
+            running.dicom.allow_any_calling_ae = new.dicom.allow_any_calling_ae;
+            applied.changed.push("dicom.allow_any_calling_ae");
+        }
         if running.destinations != new.destinations {
             let destinations = new.destinations.clone();
             self.destinations
@@ -133,6 +138,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
     let mut dicom = new.dicom.clone();
     dicom.allowed_calling_ae_titles = running.dicom.allowed_calling_ae_titles.clone();
+    dicom.allow_any_calling_ae = running.dicom.allow_any_calling_ae;
     let mut spool = new.spool.clone();
     spool.max_used_percent = running.spool.max_used_percent;
     spool.retention = running.spool.retention;
@@ -190,7 +196,7 @@ pub async fn run(
 }
 
 async fn reload_from(path: &std::path::Path, running: &mut Config, live: &Live) {
-    let new = match Config::load(path) {
+    let new = match Config::load_to_serve(path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(

@@ -18,6 +18,16 @@ pub fn write_config(dir: &Path, db_url: &str, dicom_extra: &str) -> PathBuf {
 /// The tiny models are configured unless `sections` has a `[models]` of its own.
 pub fn write_config_with(dir: &Path, db_url: &str, dicom_extra: &str, sections: &str) -> PathBuf {
     let path = dir.join("cxr-worker.toml");
+    // a daemon under test takes any calling AE title unless the test lists some
+    let lists_peers = dicom_extra
+        .split("allowed_calling_ae_titles = [")
+        .nth(1)
+        .is_some_and(|rest| !rest.trim_start().starts_with(']'));
+    let any = if lists_peers || dicom_extra.contains("allow_any_calling_ae") {
+        ""
+    } else {
+        "allow_any_calling_ae = true"
+    };
     let models = if sections.contains("[models]") {
         String::new()
     } else {
@@ -35,6 +45,7 @@ pub fn write_config_with(dir: &Path, db_url: &str, dicom_extra: &str, sections: 
 ae_title = "{AE}"
 listen = "127.0.0.1:0"
 read_timeout_secs = 20
+{any}
 {dicom_extra}
 
 [database]
