@@ -1,8 +1,9 @@
 # Quick start: `make demo` (set-up, then the main job end to end), `make test` (set-up, then every test).
 SHELL := /bin/bash
 VENV := .venv
-# ONNX Runtime from the venv, whatever its Python version (looked up when a recipe runs, after setup)
-export ORT_DYLIB_PATH ?= $(firstword $(wildcard $(CURDIR)/$(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1))
+# ONNX Runtime's library: each script and the tests find it in the venv themselves (whatever its
+# Python version: scripts/ort-library.sh), after `setup` made the venv. Not looked up here: a
+# make-level $(wildcard) is evaluated (and cached) before `setup` runs on a fresh clone.
 
 .PHONY: setup db build test test-rust test-python demo models bench fuzz clean-db lint install
 

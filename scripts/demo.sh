@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DB_ADMIN=${DATABASE_URL:-$(scripts/pg.sh start)}
+ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(scripts/ort-library.sh)}
 DEMO=$PWD/var/demo
 PORT=${DEMO_PORT:-11112}
 ORTHANC_DICOM=${DEMO_ORTHANC_DICOM:-14242}

@@ -187,56 +187,23 @@ impl Daemon {
             Metrics::new(scp_stats.clone(), ingest.stats.clone(), Some(space.clone()))
                 .with_budget(budget.clone()),
         );
-        let tasks = TaskTracker::new();
+        let tasks = Tasks {
+            tracker: TaskTracker::new(),
+            pool: pool.clone(),
+            storage,
+            metrics,
+            heartbeats,
+            shutdown: shutdown.clone(),
+        };
         let workers = analysers.len();
-        spawn_workers(
-            &tasks,
-            &config,
-            &live,
-            &pool,
-            &storage,
-            &metrics,
-            &heartbeats,
-            &shutdown,
-            analysers,
-        );
-        tasks.spawn(outbox::run_live(
-            pool.clone(),
-            live.outbox.subscribe(),
-            Some(metrics.clone() as Arc<dyn outbox::SendObserver>),
-            shutdown.clone(),
-        ));
-        tasks.spawn(
-            space
-                .clone()
-                .run(diskspace::SAMPLE_INTERVAL, shutdown.clone()),
-        );
-        tasks.spawn(retention::run(
-            pool.clone(),
-            storage.clone(),
-            live.retention.subscribe(),
-            Some(metrics.clone()),
-            shutdown.clone(),
-        ));
-        if let Some((http_listener, _)) = http {
-            let state = Arc::new(HttpState {
-                pool: pool.clone(),
-                storage: storage.clone(),
-                heartbeats: heartbeats.clone(),
-                metrics: metrics.clone(),
-                space: space.clone(),
-                workers,
-                config: config.http.clone(),
-            });
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                if let Err(e) = http::serve(http_listener, state, token).await {
-                    tracing::error!(error = %e, "HTTP endpoints stopped");
-                }
-            });
+        tasks.spawn_workers(&config, &live, analysers);
+        tasks.spawn_sender(&live);
+        tasks.spawn_upkeep(&live, &space);
+        if let Some((listener, _)) = http {
+            tasks.spawn_http(listener, &config, &space, workers);
         }
         let scp_settings = live.scp.subscribe();
-        tasks.spawn(reload::run(
+        tasks.tracker.spawn(reload::run(
             hangup,
             config.source.clone(),
             config.clone(),
@@ -244,7 +211,7 @@ impl Daemon {
             notifier.clone(),
             shutdown.clone(),
         ));
-        tasks.close();
+        tasks.tracker.close();
         receive::run(
             listener,
             scp_settings,
@@ -256,50 +223,102 @@ impl Daemon {
         )
         .await;
         // the receiver has drained; workers finish the job in hand
-        tasks.wait().await;
+        tasks.tracker.wait().await;
         pool.close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// One worker task per loaded analyser, each with its own lease owner name and heartbeat.
-#[allow(clippy::too_many_arguments)]
-fn spawn_workers(
-    tasks: &TaskTracker,
-    config: &Config,
-    live: &Live,
-    pool: &sqlx::PgPool,
-    storage: &Arc<dyn Storage>,
-    metrics: &Arc<Metrics>,
-    heartbeats: &Heartbeats,
-    shutdown: &CancellationToken,
-    analysers: Vec<Analyser>,
-) {
-    let settings = WorkerSettings {
-        quiet_period: config.study.quiet_period,
-        lease: config.study.lease,
-        max_attempts: config.study.max_attempts,
-        poll_interval: config.study.poll_interval,
-        retry_base: config.study.retry_base,
-        archive_dir: config.report.archive_dir.clone(),
-        destinations: live.destinations.subscribe(),
-        owner: String::new(),
-        metrics: Some(metrics.clone()),
-        reload: Some(analyser_factory(config)),
-    };
-    for (n, analyser) in analysers.into_iter().enumerate() {
-        let mut settings = settings.clone();
-        settings.owner = format!("{}:{}:{n}", hostname(), std::process::id());
-        let heartbeat = heartbeats.register(format!("worker-{n}"));
-        tasks.spawn(worker::run(
-            pool.clone(),
-            storage.clone(),
-            analyser,
-            Arc::new(settings),
-            shutdown.clone(),
-            heartbeat,
+/// The background tasks of a running daemon and what they share.
+struct Tasks {
+    tracker: TaskTracker,
+    pool: sqlx::PgPool,
+    storage: Arc<dyn Storage>,
+    metrics: Arc<Metrics>,
+    heartbeats: Heartbeats,
+    shutdown: CancellationToken,
+}
+
+impl Tasks {
+    /// One worker task per loaded analyser, each with its own lease owner name and heartbeat.
+    fn spawn_workers(&self, config: &Config, live: &Live, analysers: Vec<Analyser>) {
+        let settings = WorkerSettings {
+            quiet_period: config.study.quiet_period,
+            lease: config.study.lease,
+            max_attempts: config.study.max_attempts,
+            poll_interval: config.study.poll_interval,
+            retry_base: config.study.retry_base,
+            archive_dir: config.report.archive_dir.clone(),
+            destinations: live.destinations.subscribe(),
+            owner: String::new(),
+            metrics: Some(self.metrics.clone()),
+            reload: Some(analyser_factory(config)),
+        };
+        for (n, analyser) in analysers.into_iter().enumerate() {
+            let mut settings = settings.clone();
+            settings.owner = format!("{}:{}:{n}", hostname(), std::process::id());
+            let heartbeat = self.heartbeats.register(format!("worker-{n}"));
+            self.tracker.spawn(worker::run(
+                self.pool.clone(),
+                self.storage.clone(),
+                analyser,
+                Arc::new(settings),
+                self.shutdown.clone(),
+                heartbeat,
+            ));
+        }
+    }
+
+    /// The outbox sender (its destinations follow reloads).
+    fn spawn_sender(&self, live: &Live) {
+        self.tracker.spawn(outbox::run_live(
+            self.pool.clone(),
+            live.outbox.subscribe(),
+            Some(self.metrics.clone() as Arc<dyn outbox::SendObserver>),
+            self.shutdown.clone(),
         ));
+    }
+
+    /// The disk-space sampler and the retention task.
+    fn spawn_upkeep(&self, live: &Live, space: &Arc<SpoolSpace>) {
+        self.tracker.spawn(
+            space
+                .clone()
+                .run(diskspace::SAMPLE_INTERVAL, self.shutdown.clone()),
+        );
+        self.tracker.spawn(retention::run(
+            self.pool.clone(),
+            self.storage.clone(),
+            live.retention.subscribe(),
+            Some(self.metrics.clone()),
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// The HTTP endpoints (health, readiness, metrics) on their bound listener.
+    fn spawn_http(
+        &self,
+        listener: TcpListener,
+        config: &Config,
+        space: &Arc<SpoolSpace>,
+        workers: usize,
+    ) {
+        let state = Arc::new(HttpState {
+            pool: self.pool.clone(),
+            storage: self.storage.clone(),
+            heartbeats: self.heartbeats.clone(),
+            metrics: self.metrics.clone(),
+            space: space.clone(),
+            workers,
+            config: config.http.clone(),
+        });
+        let token = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = http::serve(listener, state, token).await {
+                tracing::error!(error = %e, "HTTP endpoints stopped");
+            }
+        });
     }
 }
 

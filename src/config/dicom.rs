@@ -79,10 +79,10 @@ pub(super) struct RawDicom {
 }
 
 impl RawDicom {
-    pub(super) fn validate(self) -> Result<DicomConfig, ConfigError> {
+    pub(super) fn validate(mut self) -> Result<DicomConfig, ConfigError> {
         let ae_title = AeTitle::parse(self.ae_title.as_deref().unwrap_or("CXR_WORKER"))
             .map_err(|m| invalid("dicom.ae_title", m))?;
-        let listen_raw = self.listen.unwrap_or_else(|| "0.0.0.0:11112".into());
+        let listen_raw = self.listen.take().unwrap_or_else(|| "0.0.0.0:11112".into());
         let listen: SocketAddr = listen_raw.parse().map_err(|_| {
             invalid(
                 "dicom.listen",
@@ -95,50 +95,9 @@ impl RawDicom {
             .map(|s| AllowedPeer::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| invalid("dicom.allowed_calling_ae_titles", m))?;
-        let max_associations = positive(
-            "dicom.max_associations",
-            self.max_associations.unwrap_or(32),
-            4096,
-        )? as usize;
-        let max_associations_per_host = positive(
-            "dicom.max_associations_per_host",
-            self.max_associations_per_host
-                .unwrap_or(16.min(max_associations as i64)),
-            max_associations as i64,
-        )? as usize;
-        let max_pending_associations = positive(
-            "dicom.max_pending_associations",
-            self.max_pending_associations.unwrap_or(64),
-            65_536,
-        )? as usize;
-        let max_pending_per_host = positive(
-            "dicom.max_pending_per_host",
-            self.max_pending_per_host
-                .unwrap_or(8.min(max_pending_associations as i64)),
-            max_pending_associations as i64,
-        )? as usize;
-        let max_pdu_length = self.max_pdu_length.unwrap_or(131_072);
-        if !(4096..=1_048_576).contains(&max_pdu_length) {
-            return Err(invalid(
-                "dicom.max_pdu_length",
-                format!("{max_pdu_length} is out of range 4096..=1048576"),
-            ));
-        }
-        let receive_memory_mb = self.receive_memory_mb.unwrap_or(256.0);
-        // one association's read buffers and a few fragments must fit
-        let least = (8 * max_pdu_length) as f64 / 1_048_576.0;
-        if !(receive_memory_mb.is_finite()
-            && receive_memory_mb >= least
-            && receive_memory_mb <= 1_048_576.0)
-        {
-            return Err(invalid(
-                "dicom.receive_memory_mb",
-                format!(
-                    "{receive_memory_mb} is out of range [{least}, 1048576] \
-                     (at least 8 PDUs of dicom.max_pdu_length)"
-                ),
-            ));
-        }
+        let (max_associations, max_associations_per_host) = self.association_limits()?;
+        let (max_pending_associations, max_pending_per_host) = self.pending_limits()?;
+        let (max_pdu_length, receive_memory_mb) = self.pdu_and_memory()?;
         let max_dataset_mb = self.max_dataset_mb.unwrap_or(512.0);
         if !(max_dataset_mb.is_finite() && max_dataset_mb > 0.0 && max_dataset_mb <= 4096.0) {
             return Err(invalid(
@@ -146,33 +105,7 @@ impl RawDicom {
                 format!("{max_dataset_mb} is out of range (0, 4096]"),
             ));
         }
-        let accepted_sop_classes = match self.accepted_sop_classes {
-            None => sop_classes::STORAGE
-                .iter()
-                .map(|c| c.uid.to_string())
-                .collect(),
-            Some(list) => {
-                for uid in &list {
-                    if sop_classes::storage_class(uid).is_none() {
-                        return Err(invalid(
-                            "dicom.accepted_sop_classes",
-                            format!(
-                                "{uid} is not a storage SOP class this worker supports ({})",
-                                sop_classes::STORAGE
-                                    .iter()
-                                    .map(|c| c.uid)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        ));
-                    }
-                }
-                if list.is_empty() {
-                    return Err(invalid("dicom.accepted_sop_classes", "must not be empty"));
-                }
-                list
-            }
-        };
+        let accepted_sop_classes = accepted_sop_classes(self.accepted_sop_classes.take())?;
         let allow_any_calling_ae = self.allow_any_calling_ae.unwrap_or(false);
         if allow_any_calling_ae && !allowed_calling_ae_titles.is_empty() {
             return Err(invalid(
@@ -206,5 +139,97 @@ impl RawDicom {
             max_dataset_bytes: (max_dataset_mb * 1024.0 * 1024.0) as usize,
             accepted_sop_classes,
         })
+    }
+}
+
+impl RawDicom {
+    /// `max_associations` and `max_associations_per_host` (at most the former).
+    fn association_limits(&self) -> Result<(usize, usize), ConfigError> {
+        let max_associations = positive(
+            "dicom.max_associations",
+            self.max_associations.unwrap_or(32),
+            4096,
+        )? as usize;
+        let max_associations_per_host = positive(
+            "dicom.max_associations_per_host",
+            self.max_associations_per_host
+                .unwrap_or(16.min(max_associations as i64)),
+            max_associations as i64,
+        )? as usize;
+        Ok((max_associations, max_associations_per_host))
+    }
+
+    /// `max_pending_associations` and `max_pending_per_host` (at most the former).
+    fn pending_limits(&self) -> Result<(usize, usize), ConfigError> {
+        let max_pending_associations = positive(
+            "dicom.max_pending_associations",
+            self.max_pending_associations.unwrap_or(64),
+            65_536,
+        )? as usize;
+        let max_pending_per_host = positive(
+            "dicom.max_pending_per_host",
+            self.max_pending_per_host
+                .unwrap_or(8.min(max_pending_associations as i64)),
+            max_pending_associations as i64,
+        )? as usize;
+        Ok((max_pending_associations, max_pending_per_host))
+    }
+
+    /// `max_pdu_length`, and `receive_memory_mb`, which must hold at least 8 such PDUs.
+    fn pdu_and_memory(&self) -> Result<(i64, f64), ConfigError> {
+        let max_pdu_length = self.max_pdu_length.unwrap_or(131_072);
+        if !(4096..=1_048_576).contains(&max_pdu_length) {
+            return Err(invalid(
+                "dicom.max_pdu_length",
+                format!("{max_pdu_length} is out of range 4096..=1048576"),
+            ));
+        }
+        let receive_memory_mb = self.receive_memory_mb.unwrap_or(256.0);
+        // one association's read buffers and a few fragments must fit
+        let least = (8 * max_pdu_length) as f64 / 1_048_576.0;
+        if !(receive_memory_mb.is_finite()
+            && receive_memory_mb >= least
+            && receive_memory_mb <= 1_048_576.0)
+        {
+            return Err(invalid(
+                "dicom.receive_memory_mb",
+                format!(
+                    "{receive_memory_mb} is out of range [{least}, 1048576] \
+                 (at least 8 PDUs of dicom.max_pdu_length)"
+                ),
+            ));
+        }
+        Ok((max_pdu_length, receive_memory_mb))
+    }
+}
+
+/// `accepted_sop_classes`: the storage classes this worker supports (all of them by default).
+fn accepted_sop_classes(configured: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    match configured {
+        None => Ok(sop_classes::STORAGE
+            .iter()
+            .map(|c| c.uid.to_string())
+            .collect()),
+        Some(list) => {
+            for uid in &list {
+                if sop_classes::storage_class(uid).is_none() {
+                    return Err(invalid(
+                        "dicom.accepted_sop_classes",
+                        format!(
+                            "{uid} is not a storage SOP class this worker supports ({})",
+                            sop_classes::STORAGE
+                                .iter()
+                                .map(|c| c.uid)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+            if list.is_empty() {
+                return Err(invalid("dicom.accepted_sop_classes", "must not be empty"));
+            }
+            Ok(list)
+        }
     }
 }
