@@ -163,7 +163,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::DecodeHelper { memory_limit_bytes } => Ok(helper::helper_main(memory_limit_bytes)),
         Command::Serve { config } => {
-            let cfg = Config::load_to_serve(&config)?;
+            // who may store is checked by Daemon::build, before anything is bound
+            let cfg = Config::load(&config)?;
             cxr_worker::ops::telemetry::init(&cfg.log.level, cfg.log.format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -434,8 +434,8 @@ async fn issue_report(
         .ok_or_else(|| JobError::Report("job has no instance".into()))?;
     let source = read_source(storage, &header_key).await?;
     let request = report_request(source, o.analysed, o.pending, o.skipped_reasons, o.previous);
-    let built = report::build_sr(&request).map_err(|e| JobError::Report(e.to_string()))?;
-    let archive_path = archive(s, Arc::new(built.clone())).await?;
+    let built = Arc::new(report::build_sr(&request).map_err(|e| JobError::Report(e.to_string()))?);
+    let archive_path = archive(s, built.clone()).await?;
     let kind = if o.analysed.is_empty() {
         "not_analysed"
     } else {
@@ -462,12 +462,12 @@ async fn issue_report(
     )
     .await?;
     let destinations = s.destinations.borrow().clone();
-    outbox::enqueue(&mut tx, &built, &archive_path, &destinations)
+    outbox::enqueue(&mut tx, &*built, &archive_path, &destinations)
         .await
         .map_err(|e| JobError::Report(format!("cannot queue the SR: {e}")))?;
     complete(&mut tx, o.job_id, s, o.failed).await?;
     tx.commit().await?;
-    Ok(built.sop_instance_uid)
+    Ok(built.sop_instance_uid.clone())
 }
 
 /// Write an output into the archive (blocking I/O, off the async threads).

@@ -145,34 +145,27 @@ impl RawDicom {
 impl RawDicom {
     /// `max_associations` and `max_associations_per_host` (at most the former).
     fn association_limits(&self) -> Result<(usize, usize), ConfigError> {
-        let max_associations = positive(
-            "dicom.max_associations",
-            self.max_associations.unwrap_or(32),
-            4096,
-        )? as usize;
-        let max_associations_per_host = positive(
-            "dicom.max_associations_per_host",
-            self.max_associations_per_host
-                .unwrap_or(16.min(max_associations as i64)),
-            max_associations as i64,
-        )? as usize;
-        Ok((max_associations, max_associations_per_host))
+        total_and_per_host(
+            ("dicom.max_associations", self.max_associations, 32, 4096),
+            (
+                "dicom.max_associations_per_host",
+                self.max_associations_per_host,
+                16,
+            ),
+        )
     }
 
     /// `max_pending_associations` and `max_pending_per_host` (at most the former).
     fn pending_limits(&self) -> Result<(usize, usize), ConfigError> {
-        let max_pending_associations = positive(
-            "dicom.max_pending_associations",
-            self.max_pending_associations.unwrap_or(64),
-            65_536,
-        )? as usize;
-        let max_pending_per_host = positive(
-            "dicom.max_pending_per_host",
-            self.max_pending_per_host
-                .unwrap_or(8.min(max_pending_associations as i64)),
-            max_pending_associations as i64,
-        )? as usize;
-        Ok((max_pending_associations, max_pending_per_host))
+        total_and_per_host(
+            (
+                "dicom.max_pending_associations",
+                self.max_pending_associations,
+                64,
+                65_536,
+            ),
+            ("dicom.max_pending_per_host", self.max_pending_per_host, 8),
+        )
     }
 
     /// `max_pdu_length`, and `receive_memory_mb`, which must hold at least 8 such PDUs.
@@ -201,6 +194,17 @@ impl RawDicom {
         }
         Ok((max_pdu_length, receive_memory_mb))
     }
+}
+
+/// A limit in all, `(key, value, default, max)`, and its share per peer address, `(key, value,
+/// default)`: the share defaults to at most the total and may not exceed it.
+fn total_and_per_host(
+    (total_key, total, total_default, total_max): (&str, Option<i64>, i64, i64),
+    (host_key, per_host, host_default): (&str, Option<i64>, i64),
+) -> Result<(usize, usize), ConfigError> {
+    let total = positive(total_key, total.unwrap_or(total_default), total_max)?;
+    let per_host = positive(host_key, per_host.unwrap_or(host_default.min(total)), total)?;
+    Ok((total as usize, per_host as usize))
 }
 
 /// `accepted_sop_classes`: the storage classes this worker supports (all of them by default).

@@ -110,8 +110,9 @@ impl Config {
         Ok(config)
     }
 
-    /// [`load`](Self::load) a file the daemon is to run from (start-up, SIGHUP reload,
-    /// `check-config`): it must also say who may store ([`DicomConfig::check_admission`]).
+    /// [`load`](Self::load) a file the daemon is to run from (SIGHUP reload, `check-config`; at
+    /// start-up `Daemon::build` checks the same): it must also say who may store
+    /// ([`DicomConfig::check_admission`]).
     pub fn load_to_serve(path: &Path) -> Result<Self, ConfigError> {
         let config = Self::load(path)?;
         config.dicom.check_admission()?;

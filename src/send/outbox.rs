@@ -28,6 +28,7 @@ use tracing::Instrument;
 use crate::backoff::{Backoff, Failures};
 use crate::config::{Config, Destination, ReportConfig};
 use crate::db;
+use crate::dicom::uid::Uid;
 use crate::ingest::spool::{self, SpoolKey};
 use crate::report::Output;
 use crate::send::scu::{self, Delivered, ScuOptions, SendError};
@@ -139,11 +140,10 @@ pub fn archive_path(dir: &Path, study_uid: &str, sop_instance_uid: &str) -> Path
 /// (temporary file, fsync, rename, directory fsync), and return its path. Writing the same object
 /// again replaces it atomically. Blocking: call it from `spawn_blocking` on an async runtime.
 pub fn archive(dir: &Path, output: &dyn Output) -> Result<PathBuf, OutboxError> {
-    let study_uid = output.study_instance_uid();
-    let sop_uid = output.sop_instance_uid();
-    check_uid("Study Instance UID", study_uid)?;
-    check_uid("SOP Instance UID", sop_uid)?;
-    let path = archive_path(dir, study_uid, sop_uid);
+    let study = received_uid("Study Instance UID", output.study_instance_uid())?;
+    let sop = received_uid("SOP Instance UID", output.sop_instance_uid())?;
+    let key = SpoolKey::for_uids(&study, &sop);
+    let path = dir.join(key.as_str());
     let err = |e: &dyn std::fmt::Display| OutboxError::Archive {
         kind: output.kind().as_str(),
         path: path.clone(),
@@ -151,18 +151,19 @@ pub fn archive(dir: &Path, output: &dyn Output) -> Result<PathBuf, OutboxError> 
     };
     let mut bytes = Vec::with_capacity(64 * 1024);
     output.file().write_all(&mut bytes).map_err(|e| err(&e))?;
-    let key = SpoolKey::for_instance(study_uid, sop_uid).map_err(|e| err(&e))?;
     spool::write_durably(dir, &key, &bytes).map_err(|e| err(&e))
 }
 
-fn check_uid(what: &'static str, uid: &str) -> Result<(), OutboxError> {
-    if crate::dicom::uid::is_received_uid(uid) {
-        Ok(())
-    } else {
-        Err(OutboxError::InvalidUid {
-            what,
-            uid: uid.to_string(),
-        })
+/// A UID that names an archive path, parsed once (as received: the study's UID is the
+/// sender's); unpadded, as the report carries it.
+fn received_uid(what: &'static str, uid: &str) -> Result<Uid, OutboxError> {
+    let invalid = || OutboxError::InvalidUid {
+        what,
+        uid: uid.to_string(),
+    };
+    match Uid::received(uid) {
+        Ok(parsed) if parsed.as_str() == uid => Ok(parsed),
+        _ => Err(invalid()),
     }
 }
 
