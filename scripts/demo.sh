@@ -40,6 +40,8 @@ url = "$DB"
 
 [spool]
 dir = "spool"
+# a demo machine's disk may be nearly full; production keeps the default 90 (see config/)
+max_used_percent = 100
 
 [models]
 onnxruntime_library = "$ORT_DYLIB_PATH"

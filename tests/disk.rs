@@ -95,7 +95,7 @@ async fn a_full_spool_refuses_loses_nothing_and_recovers() {
     let config = write_config_with(&dir, &db.url, "", "[study]\nworkers = 0\n");
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "dir = \"spool\"",
-        &format!("dir = \"{}\"\nmax_used_percent = 100", spool.0.display()),
+        &format!("dir = \"{}\"", spool.0.display()),
     );
     std::fs::write(&config, text).unwrap();
     let mut d = Daemon::start_with(dir.clone(), config);

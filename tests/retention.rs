@@ -13,11 +13,16 @@ use std::time::{Duration, Instant};
 use common::*;
 use sqlx::PgPool;
 
-/// `write_config_with`, plus `spool` lines in the `[spool]` section.
+/// `write_config_with`, plus `spool` lines in the `[spool]` section (a `max_used_percent` there
+/// replaces the tests' 100).
 fn write_config_spool(dir: &Path, db_url: &str, spool: &str, sections: &str) -> PathBuf {
     let path = write_config_with(dir, db_url, "", sections);
     let text = std::fs::read_to_string(&path).unwrap();
-    let patched = text.replacen("dir = \"spool\"", &format!("dir = \"spool\"\n{spool}"), 1);
+    let patched = if spool.contains("max_used_percent") {
+        text.replacen("max_used_percent = 100", spool, 1)
+    } else {
+        text.replacen("dir = \"spool\"", &format!("dir = \"spool\"\n{spool}"), 1)
+    };
     assert_ne!(text, patched);
     std::fs::write(&path, patched).unwrap();
     path

@@ -34,6 +34,7 @@ max_pdu_length = 131072
 url = "${ADMIN_URL%/*}/$DB"
 [spool]
 dir = "spool"
+max_used_percent = 100
 [log]
 level = "info"
 format = "json"

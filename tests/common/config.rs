@@ -39,6 +39,14 @@ pub fn write_config_with(dir: &Path, db_url: &str, dicom_extra: &str, sections: 
     } else {
         "[http]\nlisten = \"127.0.0.1:0\"\n"
     };
+    // The test machine's disk may be nearly full (a CI machine was at 90 %): the default
+    // watermark would refuse associations there, so tests run without one unless they set it
+    // (tests/retention.rs, tests/disk.rs); the watermark itself is tested with its own value.
+    let watermark = if sections.contains("max_used_percent") {
+        ""
+    } else {
+        "max_used_percent = 100"
+    };
     let text = format!(
         r#"
 [dicom]
@@ -54,6 +62,7 @@ acquire_timeout_secs = 2
 
 [spool]
 dir = "spool"
+{watermark}
 
 [log]
 level = "info,cxr_worker=debug"
