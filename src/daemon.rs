@@ -28,7 +28,7 @@ use crate::ops::metrics::Metrics;
 use crate::ops::reload::{self, Live};
 use crate::ops::retention;
 use crate::ops::systemd::{Heartbeats, Notifier, Watchdog};
-use crate::receive::{self, ScpStats};
+use crate::receive::{self, Listener, ScpStats};
 use crate::send::outbox;
 use crate::worker::{self, WorkerSettings};
 use tokio_util::task::TaskTracker;
@@ -40,8 +40,9 @@ pub enum StartError {
     Database(#[from] db::DbError),
     #[error("spool: {0}")]
     Spool(#[from] spool::SpoolError),
-    #[error("cannot listen on {addr} (key dicom.listen): {source}")]
+    #[error("cannot listen on {addr} (key {key}): {source}")]
     Listen {
+        key: &'static str,
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -80,8 +81,9 @@ pub struct Daemon {
     storage: Arc<dyn Storage>,
     space: Arc<SpoolSpace>,
     analysers: Vec<Analyser>,
-    listener: TcpListener,
-    dicom_addr: SocketAddr,
+    listeners: Vec<Listener>,
+    dicom_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     http: Option<(TcpListener, SocketAddr)>,
 }
 
@@ -119,7 +121,15 @@ impl Daemon {
         sample_disk_space(&space).await;
         let analysers = load_analysers(&config, &notifier)?;
         let http = bind_http(&config).await?;
-        let (listener, dicom_addr) = bind_dicom(&config).await?;
+        let mut listeners = Vec::with_capacity(2);
+        let dicom_addr = match config.dicom.listen {
+            Some(addr) => Some(bind_dicom(addr, false, &config, &mut listeners).await?),
+            None => None,
+        };
+        let tls_addr = match &config.dicom.tls {
+            Some(tls) => Some(bind_dicom(tls.listen, true, &config, &mut listeners).await?),
+            None => None,
+        };
         Ok(Some(Self {
             config,
             notifier,
@@ -129,15 +139,21 @@ impl Daemon {
             storage,
             space,
             analysers,
-            listener,
+            listeners,
             dicom_addr,
+            tls_addr,
             http,
         }))
     }
 
-    /// The address the DICOM listener is bound to.
-    pub fn dicom_addr(&self) -> SocketAddr {
+    /// The address the plain DICOM listener is bound to (`None`: `dicom.listen = "off"`).
+    pub fn dicom_addr(&self) -> Option<SocketAddr> {
         self.dicom_addr
+    }
+
+    /// The address the DICOM TLS listener is bound to, when `[dicom.tls]` is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The address of the HTTP endpoints, when `[http] enabled`.
@@ -163,8 +179,9 @@ impl Daemon {
             storage,
             space,
             analysers,
-            listener,
+            listeners,
             dicom_addr,
+            tls_addr,
             http,
         } = self;
         let heartbeats = Heartbeats::new();
@@ -175,9 +192,22 @@ impl Daemon {
         }
         notify_status(
             &notifier,
-            &format!("receiving as {} on {dicom_addr}", config.dicom.ae_title),
+            &format!(
+                "receiving as {} on {}",
+                config.dicom.ae_title,
+                [
+                    dicom_addr.map(|a| a.to_string()),
+                    tls_addr.map(|a| format!("{a} (TLS)"))
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" and ")
+            ),
         );
         let live = Live::new(&config, space.clone());
+        live.certificates
+            .warn_if_expiring(crate::ops::certificates::unix_now());
         let budget = MemoryBudget::new(config.dicom.receive_memory_budget_bytes);
         let ingest = Ingest::new(pool.clone(), storage.clone(), budget.clone())
             .with_watermark(space.clone())
@@ -185,7 +215,8 @@ impl Daemon {
         let scp_stats = Arc::new(ScpStats::default());
         let metrics = Arc::new(
             Metrics::new(scp_stats.clone(), ingest.stats.clone(), Some(space.clone()))
-                .with_budget(budget.clone()),
+                .with_budget(budget.clone())
+                .with_certificates(live.certificates.clone()),
         );
         let tasks = Tasks {
             tracker: TaskTracker::new(),
@@ -200,7 +231,7 @@ impl Daemon {
         tasks.spawn_sender(&live);
         tasks.spawn_upkeep(&live, &space);
         if let Some((listener, _)) = http {
-            tasks.spawn_http(listener, &config, &space, workers);
+            tasks.spawn_http(listener, &config, &live, workers);
         }
         let scp_settings = live.scp.subscribe();
         tasks.tracker.spawn(reload::run(
@@ -213,7 +244,7 @@ impl Daemon {
         ));
         tasks.tracker.close();
         receive::run(
-            listener,
+            listeners,
             scp_settings,
             Arc::new(ingest),
             scp_stats,
@@ -297,21 +328,16 @@ impl Tasks {
     }
 
     /// The HTTP endpoints (health, readiness, metrics) on their bound listener.
-    fn spawn_http(
-        &self,
-        listener: TcpListener,
-        config: &Config,
-        space: &Arc<SpoolSpace>,
-        workers: usize,
-    ) {
+    fn spawn_http(&self, listener: TcpListener, config: &Config, live: &Live, workers: usize) {
         let state = Arc::new(HttpState {
             pool: self.pool.clone(),
             storage: self.storage.clone(),
             heartbeats: self.heartbeats.clone(),
             metrics: self.metrics.clone(),
-            space: space.clone(),
+            space: live.space.clone(),
             workers,
             config: config.http.clone(),
+            certificates: live.certificates.clone(),
         });
         let token = self.shutdown.clone();
         self.tracker.spawn(async move {
@@ -332,14 +358,34 @@ fn open_spool(config: &Config) -> Result<Arc<dyn Storage>, StartError> {
     Ok(Arc::new(local))
 }
 
-/// Bind the DICOM listener (`[dicom] listen`); its real address is logged and returned.
-async fn bind_dicom(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
-    let addr = config.dicom.listen;
-    let err = |source| StartError::Listen { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(err)?;
-    let bound = listener.local_addr().map_err(err)?;
-    tracing::info!(addr = %bound, ae_title = %config.dicom.ae_title, "listening");
-    Ok((listener, bound))
+/// Bind a DICOM listener (`dicom.listen`, or `dicom.tls.listen` when `tls`) and add it to
+/// `listeners`; its real address is logged and returned.
+async fn bind_dicom(
+    addr: SocketAddr,
+    tls: bool,
+    config: &Config,
+    listeners: &mut Vec<Listener>,
+) -> Result<SocketAddr, StartError> {
+    let key = if tls {
+        "dicom.tls.listen"
+    } else {
+        "dicom.listen"
+    };
+    let err = |source| StartError::Listen { key, addr, source };
+    let socket = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = socket.local_addr().map_err(err)?;
+    match &config.dicom.tls {
+        Some(t) if tls => tracing::info!(
+            addr = %bound,
+            ae_title = %config.dicom.ae_title,
+            certificate = %t.identity.info.subject,
+            mutual_tls = matches!(t.clients, crate::tls::ClientAuth::Required(_)),
+            "listening (DICOM TLS)"
+        ),
+        _ => tracing::info!(addr = %bound, ae_title = %config.dicom.ae_title, "listening"),
+    }
+    listeners.push(Listener { socket, tls });
+    Ok(bound)
 }
 
 /// Bind the HTTP endpoints' listener, when `[http] enabled`.

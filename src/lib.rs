@@ -7,6 +7,7 @@
 //!           the structural guard, codestream checks, header reading
 //! findings  what one image's analysis yields: the one shape from analyser to database to report
 //! backoff   the one exponential backoff schedule of every retry
+//! tls       DICOM TLS: certificates, keys, trust anchors, the BCP 195 rustls configurations
 //! config    the typed configuration, one file per section
 //! db        PostgreSQL: pool, migrations, every SQL statement
 //! ingest    a received instance → spool (durable) + database; protocol-neutral
@@ -22,6 +23,7 @@
 pub mod backoff;
 pub mod dicom;
 pub mod findings;
+pub mod tls;
 
 pub mod config;
 

@@ -118,7 +118,7 @@ fn defaults_stated_are_the_config_defaults() {
     let d = &cfg.dicom;
     for fact in [
         format!("`{}`", d.ae_title),
-        format!("`{}`", d.listen),
+        format!("`{}`", d.listen.unwrap()),
         format!("default {} bytes", d.max_pdu_length),
         format!("(default {})", d.max_associations),
         format!(

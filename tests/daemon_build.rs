@@ -16,9 +16,9 @@ async fn build_binds_port_zero_and_reports_the_real_addresses() {
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap().keep();
     let config = Config::load(&write_config(&dir, &db.url, "")).unwrap();
-    assert_eq!(config.dicom.listen.port(), 0);
+    assert_eq!(config.dicom.listen.unwrap().port(), 0);
     let daemon = Daemon::build(config).await.unwrap().expect("not shut down");
-    let dicom = daemon.dicom_addr();
+    let dicom = daemon.dicom_addr().unwrap();
     let http = daemon.http_addr().expect("[http] enabled");
     assert_ne!(dicom.port(), 0);
     assert_ne!(http.port(), 0);

@@ -154,6 +154,7 @@ fn destination(name: &str, ae: &str, port: u16) -> Destination {
         host: "127.0.0.1".into(),
         port,
         calling_ae_title: AeTitle::parse(CALLING).unwrap(),
+        tls: None,
     }
 }
 

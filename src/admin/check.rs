@@ -62,7 +62,17 @@ pub fn config_summary(path: &Path, cfg: &Config) -> Check {
             "{}: AE title {} on {}, spool {}, {} analysis worker(s), destinations: {destinations}",
             path.display(),
             cfg.dicom.ae_title,
-            cfg.dicom.listen,
+            [
+                cfg.dicom.listen.map(|a| a.to_string()),
+                cfg.dicom
+                    .tls
+                    .as_ref()
+                    .map(|t| format!("{} (TLS)", t.listen)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" and "),
             cfg.spool.dir.display(),
             cfg.study.workers,
         ),

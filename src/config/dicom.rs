@@ -2,10 +2,12 @@
 //! classes; the file's shape, its validation and the typed form.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::tls::{RawScpTls, ScpTlsConfig};
 use super::{ConfigError, invalid, positive, seconds};
 use crate::dicom::ae::{AeTitle, AllowedPeer};
 use crate::dicom::sop_classes;
@@ -13,7 +15,10 @@ use crate::dicom::sop_classes;
 #[derive(Debug, Clone)]
 pub struct DicomConfig {
     pub ae_title: AeTitle,
-    pub listen: SocketAddr,
+    /// The plain TCP listener; `None` when `listen = "off"` (TLS only).
+    pub listen: Option<SocketAddr>,
+    /// The DICOM TLS listener (`[dicom.tls]`), when configured.
+    pub tls: Option<ScpTlsConfig>,
     /// The calling AE titles (optionally bound to an address) allowed to store. Empty: any
     /// calling AE title is accepted — which a configuration file must say explicitly with
     /// `allow_any_calling_ae = true` ([`DicomConfig::check_admission`]).
@@ -76,19 +81,46 @@ pub(super) struct RawDicom {
     write_timeout_secs: Option<f64>,
     max_dataset_mb: Option<f64>,
     accepted_sop_classes: Option<Vec<String>>,
+    tls: Option<RawScpTls>,
 }
 
 impl RawDicom {
-    pub(super) fn validate(mut self) -> Result<DicomConfig, ConfigError> {
+    /// Relative TLS file paths are taken from `base`, the configuration file's directory.
+    pub(super) fn validate(mut self, base: &Path) -> Result<DicomConfig, ConfigError> {
         let ae_title = AeTitle::parse(self.ae_title.as_deref().unwrap_or("CXR_WORKER"))
             .map_err(|m| invalid("dicom.ae_title", m))?;
         let listen_raw = self.listen.take().unwrap_or_else(|| "0.0.0.0:11112".into());
-        let listen: SocketAddr = listen_raw.parse().map_err(|_| {
-            invalid(
+        let listen: Option<SocketAddr> = match listen_raw.trim() {
+            "off" => None,
+            text => Some(text.parse().map_err(|_| {
+                invalid(
+                    "dicom.listen",
+                    format!("{listen_raw:?} is not \"host:port\" with an IP address, or \"off\""),
+                )
+            })?),
+        };
+        let tls = self.tls.take().map(|t| t.validate(base)).transpose()?;
+        if listen.is_none() && tls.is_none() {
+            return Err(invalid(
                 "dicom.listen",
-                format!("{listen_raw:?} is not \"host:port\" with an IP address"),
-            )
-        })?;
+                "is \"off\" and there is no [dicom.tls] listener: nothing would receive",
+            ));
+        }
+        if let (Some(plain), Some(t)) = (listen, &tls)
+            && plain.port() == t.listen.port()
+            && plain.port() != 0
+            && (plain.ip() == t.listen.ip()
+                || plain.ip().is_unspecified()
+                || t.listen.ip().is_unspecified())
+        {
+            return Err(invalid(
+                "dicom.tls.listen",
+                format!(
+                    "{} is also dicom.listen: the two listeners need their own ports",
+                    t.listen
+                ),
+            ));
+        }
         let allowed_calling_ae_titles = self
             .allowed_calling_ae_titles
             .iter()
@@ -116,6 +148,7 @@ impl RawDicom {
         Ok(DicomConfig {
             ae_title,
             listen,
+            tls,
             allowed_calling_ae_titles,
             allow_any_calling_ae,
             max_associations,

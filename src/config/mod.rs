@@ -21,6 +21,7 @@ mod report;
 mod secrets;
 mod spool;
 mod study;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub use models::{ExecutionProvider, ModelsConfig};
 pub use report::{Destination, ReportConfig};
 pub use spool::SpoolConfig;
 pub use study::StudyConfig;
+pub use tls::{DestinationTls, ScpTlsConfig};
 
 use database::RawDatabase;
 use decode::RawDecode;
@@ -136,6 +138,11 @@ impl Config {
                 message: redact(e.message(), &secrets_in_text(text)),
             }
         })?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let credentials = env
+            .iter()
+            .find(|(k, _)| k == "CREDENTIALS_DIRECTORY")
+            .map(|(_, v)| v.clone());
         apply_env_overrides(&mut table, env)?;
         let secrets = secrets_in_table(&table);
         let raw: RawConfig =
@@ -144,14 +151,17 @@ impl Config {
                 .map_err(|e: toml::de::Error| ConfigError::Shape {
                     message: redact(e.message(), &secrets),
                 })?;
-        raw.validate(origin.parent().unwrap_or(Path::new(".")))
-            .map_err(|e| match e {
-                ConfigError::Invalid { key, message } => ConfigError::Invalid {
-                    message: redact(&message, &secrets),
-                    key,
-                },
-                other => other,
-            })
+        raw.validate(
+            origin.parent().unwrap_or(Path::new(".")),
+            credentials.as_deref(),
+        )
+        .map_err(|e| match e {
+            ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                message: redact(&message, &secrets),
+                key,
+            },
+            other => other,
+        })
     }
 }
 
@@ -193,14 +203,15 @@ struct RawConfig {
 
 impl RawConfig {
     /// Relative paths are taken from the directory of the configuration file.
-    fn validate(self, base: &Path) -> Result<Config, ConfigError> {
-        let dicom = self.dicom.validate()?;
+    /// `credentials`: `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), if set.
+    fn validate(self, base: &Path, credentials: Option<&str>) -> Result<Config, ConfigError> {
+        let dicom = self.dicom.validate(base)?;
         let spool = self.spool.validate(base)?;
-        let destinations = validate_destinations(self.destinations, &dicom.ae_title)?;
+        let destinations = validate_destinations(self.destinations, &dicom.ae_title, base)?;
         let report = self.report.validate(base, &spool.dir)?;
         Ok(Config {
             dicom,
-            database: self.database.validate()?,
+            database: self.database.validate(base, credentials)?,
             spool,
             models: self.models.validate(base)?,
             log: self.log.validate()?,
@@ -285,6 +296,50 @@ mod tests {
     }
 
     #[test]
+    fn the_database_url_can_come_from_a_file_or_a_systemd_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("db-url"),
+            "postgres://cxr:s3cr3t-pw@db/cxr\n",
+        )
+        .unwrap();
+        let file =
+            |path: &str| format!("[database]\nurl_file = \"{path}\"\n[spool]\ndir = \"/s\"\n");
+        let c = load(&file(&dir.path().join("db-url").display().to_string()), &[]).unwrap();
+        assert_eq!(c.database.url, "postgres://cxr:s3cr3t-pw@db/cxr");
+        assert!(
+            !format!("{c:?}").contains("s3cr3t"),
+            "Debug hides the password"
+        );
+        let creds = dir.path().display().to_string();
+        let c = load(
+            &file("$CREDENTIALS_DIRECTORY/db-url"),
+            &[("CREDENTIALS_DIRECTORY", creds.as_str())],
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "postgres://cxr:s3cr3t-pw@db/cxr");
+        for (text, env, says) in [
+            (file("$CREDENTIALS_DIRECTORY/db-url"), vec![], "not set"),
+            (file("/nonexistent/db-url"), vec![], "/nonexistent/db-url"),
+            (
+                format!(
+                    "{}url = \"postgres://x@y/z\"\n",
+                    file("/x").replace("[spool]\ndir = \"/s\"\n", "")
+                ) + "[spool]\ndir = \"/s\"\n",
+                vec![],
+                "keep one of the two",
+            ),
+        ] {
+            let err = load(&text, &env).unwrap_err().to_string();
+            assert!(
+                err.contains("database.url_file") && err.contains(says),
+                "{err}"
+            );
+            assert!(!err.contains("s3cr3t"), "{err}");
+        }
+    }
+
+    #[test]
     fn an_open_allow_list_must_be_explicit() {
         // parsed as written (admin commands, tools), but not served without the explicit key
         let open = load(MINIMAL, &[]).unwrap();
@@ -326,7 +381,7 @@ mod tests {
     fn minimal_file_gets_defaults() {
         let c = load(MINIMAL, &[]).unwrap();
         assert_eq!(c.dicom.ae_title.as_str(), "CXR_WORKER");
-        assert_eq!(c.dicom.listen.port(), 11112);
+        assert_eq!(c.dicom.listen.unwrap().port(), 11112);
         assert_eq!(c.dicom.accepted_sop_classes.len(), 3);
         assert_eq!(
             c.models.classifier,

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::tls::{DestinationTls, RawDestinationTls};
 use super::{ConfigError, invalid, positive, resolve, seconds};
 use crate::dicom::ae::AeTitle;
 
 /// A DICOM peer that receives every SR (`[[destinations]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Destination {
     /// Unique name, recorded with each outbox row (defaults to the AE title).
     pub name: String,
@@ -21,6 +22,8 @@ pub struct Destination {
     pub port: u16,
     /// Our (calling) AE title towards this peer; defaults to `dicom.ae_title`.
     pub calling_ae_title: AeTitle,
+    /// DICOM TLS towards this peer (`tls = true`); `None`: plain TCP.
+    pub tls: Option<DestinationTls>,
 }
 
 /// The SR archive and how the outbox sends (`[report]`).
@@ -51,6 +54,12 @@ pub(super) struct RawDestination {
     host: Option<String>,
     port: Option<i64>,
     calling_ae_title: Option<String>,
+    tls: Option<bool>,
+    ca_file: Option<PathBuf>,
+    certificate: Option<PathBuf>,
+    private_key: Option<PathBuf>,
+    server_name: Option<String>,
+    pinned_sha256: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -69,6 +78,7 @@ pub(super) struct RawReport {
 pub(super) fn validate_destinations(
     raw: Vec<RawDestination>,
     our_ae: &AeTitle,
+    base: &Path,
 ) -> Result<Vec<Destination>, ConfigError> {
     let mut out: Vec<Destination> = Vec::with_capacity(raw.len());
     for (i, d) in raw.into_iter().enumerate() {
@@ -104,12 +114,22 @@ pub(super) fn validate_destinations(
                 format!("{name:?} names two destinations; names must be unique"),
             ));
         }
+        let tls = RawDestinationTls {
+            tls: d.tls,
+            ca_file: d.ca_file,
+            certificate: d.certificate,
+            private_key: d.private_key,
+            server_name: d.server_name,
+            pinned_sha256: d.pinned_sha256,
+        }
+        .validate(base, &host, key)?;
         out.push(Destination {
             name,
             ae_title,
             host,
             port,
             calling_ae_title,
+            tls,
         });
     }
     Ok(out)

@@ -2,11 +2,15 @@
 //! URL and its password), and their removal from messages.
 
 /// Values that must never appear in an error: every string of the `[database]` section (the URL
-/// carries the password), and the password part of any URL.
+/// carries the password) but `url_file` (a path, which errors name), and the password part of any
+/// URL.
 pub(super) fn secrets_in_table(table: &toml::Table) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(toml::Value::Table(db)) = table.get("database") {
-        for v in db.values() {
+        for (k, v) in db {
+            if k == "url_file" {
+                continue;
+            }
             if let toml::Value::String(s) = v {
                 out.push(s.clone());
                 out.extend(url_password(s));
@@ -29,6 +33,14 @@ fn url_password(url: &str) -> Option<String> {
     let userinfo = rest.split(['/', '?', '#']).next()?.rsplit_once('@')?.0;
     let password = userinfo.split_once(':')?.1;
     (!password.is_empty()).then(|| password.to_string())
+}
+
+/// `url` with its password, if any, replaced (for `Debug` and messages).
+pub(super) fn without_password(url: &str) -> String {
+    match url_password(url) {
+        Some(p) => url.replacen(&format!(":{p}@"), ":<redacted>@", 1),
+        None => url.to_string(),
+    }
 }
 
 /// `message` with every secret replaced.

@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::HttpConfig;
 use crate::ingest::diskspace::SpoolSpace;
 use crate::ingest::spool::Storage;
+use crate::ops::certificates::{Certificates, unix_now};
 use crate::ops::metrics::{self, Metrics};
 use crate::ops::systemd::Heartbeats;
 
@@ -55,6 +56,9 @@ pub struct HttpState {
     pub workers: usize,
     /// `[http]`: thresholds and time limits.
     pub config: HttpConfig,
+    /// The TLS certificates in use: an expired one fails readiness, one expiring within 30 days
+    /// is a warning.
+    pub certificates: Arc<Certificates>,
 }
 
 /// Connections served at once; more are closed at accept.
@@ -185,6 +189,8 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
 struct Readiness {
     ready: bool,
     checks: Checks,
+    /// What needs attention without making the worker unready (a certificate expiring soon).
+    warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -193,6 +199,7 @@ struct Checks {
     models: Check,
     spool: Check,
     queue: Check,
+    certificates: Check,
 }
 
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
@@ -210,17 +217,32 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     } else {
         Check::ok(format!("{} worker(s) with models loaded", state.workers))
     };
+    let assessment = state.certificates.assess(unix_now());
+    let certificates = if !assessment.ok {
+        Check::failed(assessment.problems.join("; "))
+    } else if assessment.count == 0 {
+        Check::ok("no TLS certificate in use")
+    } else {
+        Check::ok(format!("{} certificate(s), none expired", assessment.count))
+    };
+    let warnings = if assessment.ok {
+        assessment.problems
+    } else {
+        Vec::new()
+    };
     let checks = Checks {
         database,
         models,
         spool,
         queue,
+        certificates,
     };
     let ready = [
         &checks.database,
         &checks.models,
         &checks.spool,
         &checks.queue,
+        &checks.certificates,
     ]
     .iter()
     .all(|c| c.ok);
@@ -229,7 +251,15 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, axum::Json(Readiness { ready, checks })).into_response()
+    (
+        code,
+        axum::Json(Readiness {
+            ready,
+            checks,
+            warnings,
+        }),
+    )
+        .into_response()
 }
 
 async fn check_database(state: &HttpState) -> Check {
@@ -349,6 +379,7 @@ mod tests {
                 queue_stall: Duration::from_secs(900),
                 check_timeout: Duration::from_millis(300),
             },
+            certificates: Arc::new(Certificates::default()),
         })
     }
 

@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use crate::ingest::IngestStats;
 use crate::ingest::budget::MemoryBudget;
 use crate::ingest::diskspace::SpoolSpace;
+use crate::ops::certificates::{Certificates, unix_now};
 use crate::receive::ScpStats;
 
 /// The `Content-Type` of `/metrics` (Prometheus text format 0.0.4).
@@ -124,6 +125,13 @@ impl Metrics {
     pub fn with_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
         self.registry
             .register_collector(Box::new(BudgetCollector { budget }));
+        self
+    }
+
+    /// Also show the expiry of the TLS certificates in use.
+    pub fn with_certificates(mut self, certificates: Arc<Certificates>) -> Self {
+        self.registry
+            .register_collector(Box::new(CertificateCollector { certificates }));
         self
     }
 
@@ -281,6 +289,12 @@ impl Collector for ReceiveCollector {
                 ("negotiation", get(&s.associations_not_established)),
             ],
         )?;
+        counter(
+            &mut e,
+            "tls_handshakes_failed",
+            "Connections to the DICOM TLS listener whose handshake failed (untrusted, expired or missing client certificate, old protocol, plain DICOM on the TLS port, timeout)",
+            get(&s.tls_handshakes_failed),
+        )?;
         labelled_counters(
             &mut e,
             (
@@ -333,6 +347,36 @@ impl Collector for ReceiveCollector {
                 ("limits", get(&i.rejected_limits)),
                 ("memory", get(&s.instances_over_budget)),
             ],
+        )
+    }
+}
+
+// ---- TLS certificates --------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct CertificateCollector {
+    certificates: Arc<Certificates>,
+}
+
+impl Collector for CertificateCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let list = self.certificates.list();
+        if list.is_empty() {
+            return Ok(());
+        }
+        let now = unix_now();
+        let values: Vec<(&str, i64)> = list
+            .iter()
+            .map(|t| (t.key.as_str(), t.info.seconds_left(now)))
+            .collect();
+        labelled_gauges(
+            &mut e,
+            (
+                "tls_certificate_expiry_seconds",
+                "Seconds until each TLS certificate in use expires (negative: expired), by the configuration key of its file",
+            ),
+            "certificate",
+            &values,
         )
     }
 }

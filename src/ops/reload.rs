@@ -2,7 +2,9 @@
 //! apply what can change safely while running; keep everything else.
 //!
 //! Applied at once: `dicom.allowed_calling_ae_titles` and `dicom.allow_any_calling_ae` (the next
-//! association; an empty list needs the explicit key, as at start-up), `[[destinations]]`
+//! association; an empty list needs the explicit key, as at start-up), `[dicom.tls]` but its
+//! `listen` (the certificate, key and CA files are read again, so a renewed certificate is served
+//! from the next handshake; `certificate_names`), `[[destinations]]` (with their TLS files)
 //! (the next SR queued and the next send; a queued row whose destination was removed fails),
 //! `log.level` (unless `RUST_LOG` is set), `spool.max_used_percent`, `spool.retention_days` and
 //! `spool.retention_interval_secs`. Other changed keys are logged as needing a restart and are
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Destination};
 use crate::ingest::diskspace::SpoolSpace;
+use crate::ops::certificates::{Certificates, unix_now};
 use crate::ops::retention::RetentionSettings;
 use crate::ops::systemd::Notifier;
 use crate::ops::telemetry::{self, LevelChange};
@@ -33,6 +36,8 @@ pub struct Live {
     pub destinations: watch::Sender<Arc<Vec<Destination>>>,
     pub retention: watch::Sender<RetentionSettings>,
     pub space: Arc<SpoolSpace>,
+    /// The TLS certificates in use (expiry metric and readiness), replaced after a reload.
+    pub certificates: Arc<Certificates>,
 }
 
 /// What a reload did.
@@ -61,6 +66,7 @@ impl Live {
             destinations: watch::Sender::new(Arc::new(config.destinations.clone())),
             retention: watch::Sender::new(retention_settings(config)),
             space,
+            certificates: Arc::new(Certificates::of(config)),
         }
     }
 
@@ -80,6 +86,25 @@ impl Live {
             });
             running.dicom.allowed_calling_ae_titles = allowed;
             applied.changed.push("dicom.allowed_calling_ae_titles");
+        }
+        if let (Some(old), Some(next)) = (&running.dicom.tls, &new.dicom.tls)
+            && old.listen == next.listen
+            && old != next
+        {
+            let (server, names) = (next.server.clone(), next.certificate_names.clone());
+            self.scp.send_modify(|s| {
+                let mut settings = (**s).clone();
+                settings.tls = Some(server.clone());
+                settings.certificate_names = names.clone();
+                *s = Arc::new(settings);
+            });
+            tracing::info!(
+                certificate = %next.identity.info.subject,
+                sha256 = %next.identity.info.sha256,
+                "DICOM TLS certificate and trust reloaded"
+            );
+            running.dicom.tls = Some(next.clone());
+            applied.changed.push("dicom.tls");
         }
         if running.dicom.allow_any_calling_ae != new.dicom.allow_any_calling_ae {
             running.dicom.allow_any_calling_ae = new.dicom.allow_any_calling_ae;
@@ -128,6 +153,14 @@ impl Live {
             running.spool.retention = new.spool.retention;
             running.spool.retention_interval = new.spool.retention_interval;
         }
+        if applied
+            .changed
+            .iter()
+            .any(|k| *k == "dicom.tls" || *k == "destinations")
+        {
+            self.certificates.update(running);
+            self.certificates.warn_if_expiring(unix_now());
+        }
         applied
     }
 }
@@ -139,6 +172,12 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     let mut dicom = new.dicom.clone();
     dicom.allowed_calling_ae_titles = running.dicom.allowed_calling_ae_titles.clone();
     dicom.allow_any_calling_ae = running.dicom.allow_any_calling_ae;
+    if let (Some(old), Some(next)) = (&running.dicom.tls, &new.dicom.tls)
+        && old.listen == next.listen
+    {
+        // only a listener added, removed or moved needs a restart
+        dicom.tls = Some(old.clone());
+    }
     let mut spool = new.spool.clone();
     spool.max_used_percent = running.spool.max_used_percent;
     spool.retention = running.spool.retention;
@@ -271,7 +310,7 @@ mod tests {
             Some(std::time::Duration::from_secs(86_400))
         );
         // the listen address is not applied: the running config keeps the old one
-        assert_eq!(running.dicom.listen.port(), 11112);
+        assert_eq!(running.dicom.listen.unwrap().port(), 11112);
         // applying the same file again changes nothing
         let again = live.apply(&mut running, &new).await;
         assert!(again.changed.is_empty(), "{again:?}");

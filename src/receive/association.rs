@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{ScpSettings, ScpStats};
-use crate::dicom::ae::{AllowedPeer, canonical_ip};
+use crate::dicom::ae::{AeTitle, AllowedPeer, canonical_ip};
 use crate::dicom::dimse::{Command, MAX_COMMAND_BYTES, Response, command_field, status};
 use crate::dicom::header::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::dicom::pdu::{PduError, PduStream};
@@ -28,6 +28,7 @@ use crate::dicom::sop_classes;
 use crate::dicom::text::trim_value_lenient;
 use crate::ingest::budget::MemoryBudget;
 use crate::ingest::{DataSink, Outcome, Received, Refusal, StoreHandler};
+use crate::tls::CertificateInfo;
 
 /// The DICOM application context (PS3.7 A.2.1).
 const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
@@ -63,14 +64,40 @@ fn admitted(allowed: &[AllowedPeer], calling: &str, ip: IpAddr) -> bool {
     allowed.is_empty() || allowed.iter().any(|p| p.admits(calling, canonical_ip(ip)))
 }
 
+/// Whether the binding of `calling` to a certificate name, if it has one, holds.
+fn certificate_matches(
+    bindings: &[(AeTitle, String)],
+    calling: &str,
+    certificate: Option<&CertificateInfo>,
+) -> bool {
+    let Some((_, name)) = bindings.iter().find(|(ae, _)| ae.as_str() == calling) else {
+        return true;
+    };
+    let holds = certificate.is_some_and(|c| c.has_name(name));
+    if !holds {
+        tracing::warn!(
+            calling_ae = calling,
+            bound_to = %name,
+            client_certificate = ?certificate.map(|c| (&c.subject, &c.names)),
+            "calling AE title is bound to a certificate name the client did not present"
+        );
+    }
+    holds
+}
+
 /// Answer an A-ASSOCIATE-RQ: the A-ASSOCIATE-AC with the outcome of every presentation context,
 /// or the permanent rejection (wrong called AE, calling AE not on the allow-list, unsupported
 /// protocol version or application context). Each presentation context takes the first
 /// transfer syntax of the requester's list that we accept.
+///
+/// A calling AE title bound to a certificate name (`dicom.tls.certificate_names`) is admitted
+/// only with a client `certificate` carrying that name: over TLS, from a client whose
+/// certificate the handshake verified.
 pub fn negotiate(
     rq: &AssociationRQ,
     settings: &ScpSettings,
     peer: IpAddr,
+    certificate: Option<&CertificateInfo>,
 ) -> Result<(AssociationAC, Negotiated), AssociationRJ> {
     if rq.protocol_version & 1 == 0 {
         return Err(rejected_by_user(
@@ -88,7 +115,9 @@ pub fn negotiate(
         ));
     }
     let calling_ae = trim_value_lenient(&rq.calling_ae_title).to_string();
-    if !admitted(&settings.allowed, &calling_ae, peer) {
+    if !admitted(&settings.allowed, &calling_ae, peer)
+        || !certificate_matches(&settings.certificate_names, &calling_ae, certificate)
+    {
         return Err(rejected_by_user(
             AssociationRJServiceUserReason::CallingAETitleNotRecognized,
         ));
@@ -617,6 +646,8 @@ mod tests {
             write_timeout: std::time::Duration::from_secs(1),
             max_dataset_bytes: 1 << 20,
             accepted_sop_classes: vec![uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE.to_string()],
+            tls: None,
+            certificate_names: vec![],
         }
     }
 
@@ -649,7 +680,7 @@ mod tests {
     fn negotiation_picks_the_first_accepted_syntax_and_names_refusals() {
         let s = settings(vec![]);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let (ac, n) = negotiate(&rq("MOD", "CXR"), &s, ip).unwrap();
+        let (ac, n) = negotiate(&rq("MOD", "CXR"), &s, ip, None).unwrap();
         assert_eq!(n.peer_max_pdu, 32_768);
         assert_eq!(
             n.contexts[0].transfer_syntax,
@@ -660,7 +691,7 @@ mod tests {
             ac.presentation_contexts[1].reason,
             PresentationContextResultReason::AbstractSyntaxNotSupported
         );
-        let rj = negotiate(&rq("MOD", "OTHER"), &s, ip).unwrap_err();
+        let rj = negotiate(&rq("MOD", "OTHER"), &s, ip, None).unwrap_err();
         assert_eq!(
             rj.source,
             AssociationRJSource::ServiceUser(
@@ -672,13 +703,13 @@ mod tests {
             host: Some("10.0.0.1".parse().unwrap()),
         }];
         let s = settings(allowed);
-        let rj = negotiate(&rq("MOD", "CXR"), &s, ip).unwrap_err();
+        let rj = negotiate(&rq("MOD", "CXR"), &s, ip, None).unwrap_err();
         assert_eq!(
             rj.source,
             AssociationRJSource::ServiceUser(
                 AssociationRJServiceUserReason::CallingAETitleNotRecognized
             )
         );
-        assert!(negotiate(&rq("MOD", "CXR"), &s, "10.0.0.1".parse().unwrap()).is_ok());
+        assert!(negotiate(&rq("MOD", "CXR"), &s, "10.0.0.1".parse().unwrap(), None).is_ok());
     }
 }

@@ -16,7 +16,7 @@ use dicom_ul::pdu::{
     AssociationRJSource, Pdu,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +27,7 @@ use crate::dicom::ae::{AeTitle, AllowedPeer, canonical_ip};
 use crate::dicom::pdu::{self, PduStream};
 use crate::ingest::StoreHandler;
 use crate::ingest::budget::{Grant, MemoryBudget};
+use crate::tls::{self, CertificateInfo};
 
 /// What the association layer needs to know; built from `[dicom]`. The accept loop reads the
 /// current value for each connection, so a reload (SIGHUP) changes the allow-list of the next
@@ -50,6 +51,11 @@ pub struct ScpSettings {
     pub write_timeout: Duration,
     pub max_dataset_bytes: usize,
     pub accepted_sop_classes: Vec<String>,
+    /// The TLS listener's rustls configuration (certificate, key, client CAs); replaced on
+    /// SIGHUP, so the next handshake uses the new certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Calling AE titles bound to a client certificate name (`dicom.tls.certificate_names`).
+    pub certificate_names: Vec<(AeTitle, String)>,
 }
 
 impl From<&DicomConfig> for ScpSettings {
@@ -67,8 +73,22 @@ impl From<&DicomConfig> for ScpSettings {
             write_timeout: c.write_timeout,
             max_dataset_bytes: c.max_dataset_bytes,
             accepted_sop_classes: c.accepted_sop_classes.clone(),
+            tls: c.tls.as_ref().map(|t| t.server.clone()),
+            certificate_names: c
+                .tls
+                .as_ref()
+                .map(|t| t.certificate_names.clone())
+                .unwrap_or_default(),
         }
     }
+}
+
+/// A bound listener and what it speaks.
+#[derive(Debug)]
+pub struct Listener {
+    pub socket: TcpListener,
+    /// DICOM over TLS (PS3.15 Annex B): every connection starts with a TLS handshake.
+    pub tls: bool,
 }
 
 /// Counters of the receiver, read by the metrics endpoint.
@@ -96,12 +116,15 @@ pub struct ScpStats {
     pub instances_oversize: AtomicU64,
     /// C-STOREs refused because the receive memory budget could not hold their fragments.
     pub instances_over_budget: AtomicU64,
+    /// Connections to the TLS listener whose handshake failed (no or an untrusted client
+    /// certificate, an old protocol version, plain DICOM on the TLS port, a timeout).
+    pub tls_handshakes_failed: AtomicU64,
 }
 
 /// How often the accept loop reports that it is alive, even with no traffic.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Accept associations on `listener` until `shutdown` is cancelled, then wait for the
+/// Accept associations on `listeners` until `shutdown` is cancelled, then wait for the
 /// associations in flight: each finishes the C-STORE it is receiving, then is closed.
 /// `beat` is called at least every [`HEARTBEAT_INTERVAL`] while the loop is alive (watchdog).
 /// Each association uses the value of `settings` current when it was accepted.
@@ -112,7 +135,7 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// of `max_associations` (and `max_associations_per_host`) and for its read buffers in the
 /// memory budget, and is answered with a transient A-ASSOCIATE-RJ when there is no room.
 pub async fn run<H: StoreHandler>(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     settings: watch::Receiver<Arc<ScpSettings>>,
     handler: Arc<H>,
     stats: Arc<ScpStats>,
@@ -138,9 +161,10 @@ pub async fn run<H: StoreHandler>(
                 beat();
                 continue;
             }
-            accepted = listener.accept() => accepted,
+            accepted = accept_any(&listeners) => accepted,
         };
         beat();
+        let (accepted, over_tls) = accepted;
         let (socket, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
@@ -164,6 +188,11 @@ pub async fn run<H: StoreHandler>(
             tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         let settings = settings.borrow().clone();
+        let transport = match (over_tls, &settings.tls) {
+            (false, _) => Transport::Plain,
+            (true, Some(config)) => Transport::Tls(config.clone()),
+            (true, None) => continue,
+        };
         let connection = Connection {
             peer,
             settings,
@@ -172,11 +201,35 @@ pub async fn run<H: StoreHandler>(
             budget: budget.clone(),
             shutdown: shutdown.clone(),
         };
-        let span = tracing::info_span!("association", %peer, calling_ae = tracing::field::Empty);
-        tracker.spawn(connection.run(socket, slot).instrument(span));
+        let span = tracing::info_span!(
+            "association",
+            %peer,
+            tls = over_tls,
+            calling_ae = tracing::field::Empty
+        );
+        tracker.spawn(connection.start(socket, transport, slot).instrument(span));
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// The next connection on any of `listeners`, and whether it came to a TLS listener. With no
+/// listener at all, waits forever (the caller selects on shutdown).
+async fn accept_any(listeners: &[Listener]) -> (std::io::Result<(TcpStream, SocketAddr)>, bool) {
+    if listeners.is_empty() {
+        return std::future::pending().await;
+    }
+    let accepts = listeners
+        .iter()
+        .map(|l| Box::pin(async move { (l.socket.accept().await, l.tls) }));
+    futures::future::select_all(accepts).await.0
+}
+
+/// How an accepted connection speaks.
+enum Transport {
+    Plain,
+    /// TLS, with the listener's configuration current at accept.
+    Tls(Arc<rustls::ServerConfig>),
 }
 
 /// One accepted connection, from its A-ASSOCIATE-RQ to its end.
@@ -190,7 +243,53 @@ struct Connection<H> {
 }
 
 impl<H: StoreHandler> Connection<H> {
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(self, socket: S, slot: Slot) {
+    /// Plain: straight to the association. TLS: the handshake first, within
+    /// `association_request_timeout`; the client certificate it yields (mutual TLS) goes to
+    /// negotiation for the AE-title binding.
+    async fn start(self, socket: TcpStream, transport: Transport, slot: Slot) {
+        let config = match transport {
+            Transport::Plain => return self.run(socket, None, slot).await,
+            Transport::Tls(config) => config,
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let handshake = tokio::time::timeout(
+            self.settings.association_request_timeout,
+            acceptor.accept(socket),
+        )
+        .await;
+        let reason = match handshake {
+            Ok(Ok(stream)) => {
+                let certificate = tls::peer_certificate(stream.get_ref().1.peer_certificates());
+                let (version, suite) = (
+                    stream.get_ref().1.protocol_version(),
+                    stream.get_ref().1.negotiated_cipher_suite(),
+                );
+                tracing::debug!(
+                    ?version,
+                    suite = ?suite.map(|s| s.suite()),
+                    client = ?certificate.as_ref().map(|c| &c.subject),
+                    "TLS established"
+                );
+                return self.run(stream, certificate, slot).await;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no TLS handshake within association_request_timeout_secs".to_string(),
+        };
+        self.stats
+            .tls_handshakes_failed
+            .fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .associations_not_established
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(reason = %reason, "TLS handshake failed: connection refused");
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        socket: S,
+        certificate: Option<CertificateInfo>,
+        slot: Slot,
+    ) {
         let s = &self.settings;
         let mut pdus = PduStream::new(socket, s.association_request_timeout, s.write_timeout);
         // the whole request within the deadline, however slowly its bytes trickle in
@@ -211,23 +310,25 @@ impl<H: StoreHandler> Connection<H> {
                 return;
             }
         };
-        let (ac, negotiated) = match association::negotiate(&rq, s, self.peer.ip()) {
-            Ok(pair) => pair,
-            Err(rj) => {
-                self.stats
-                    .associations_not_established
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    calling_ae = ?rq.calling_ae_title.trim(),
-                    called_ae = ?rq.called_ae_title.trim(),
-                    reason = ?rj.source,
-                    "association not established"
-                );
-                let _ = pdus.write(&Pdu::AssociationRJ(rj)).await;
-                pdus.shutdown().await;
-                return;
-            }
-        };
+        let (ac, negotiated) =
+            match association::negotiate(&rq, s, self.peer.ip(), certificate.as_ref()) {
+                Ok(pair) => pair,
+                Err(rj) => {
+                    self.stats
+                        .associations_not_established
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        calling_ae = ?rq.calling_ae_title.trim(),
+                        called_ae = ?rq.called_ae_title.trim(),
+                        reason = ?rj.source,
+                        tls_client = ?certificate.as_ref().map(|c| &c.subject),
+                        "association not established"
+                    );
+                    let _ = pdus.write(&Pdu::AssociationRJ(rj)).await;
+                    pdus.shutdown().await;
+                    return;
+                }
+            };
         tracing::Span::current()
             .record("calling_ae", tracing::field::debug(&negotiated.calling_ae));
         let Some((_permit, _buffers)) = self.capacity(slot, &mut pdus).await else {

@@ -3,7 +3,10 @@
 //!
 //! It proposes Explicit VR Little Endian then Implicit VR Little Endian for the object's SOP class
 //! and encodes the data set in whichever the peer accepted. Every network step has a timeout
-//! (dicom-ul's async client has none by default) and the socket has `TCP_NODELAY`.
+//! (dicom-ul's async client has none by default) and the socket has `TCP_NODELAY`. A destination
+//! with `tls = true` is reached over DICOM TLS (PS3.15 Annex B, BCP 195 profile): its certificate
+//! is checked against its CA file and name, or its pinned fingerprint; a failed handshake is a
+//! retryable [`SendError::Tls`] saying why.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,8 +22,7 @@ use dicom_ul::association::client::{AsyncClientAssociation, ClientAssociationOpt
 use dicom_ul::pdu::{
     AssociationRJResult, PDataValue, PDataValueType, Pdu, PresentationContextResultReason,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::Destination;
 use crate::dicom::dimse::{command_field, status};
@@ -90,6 +92,15 @@ pub enum SendError {
         /// What the system said.
         message: String,
     },
+    /// The TLS handshake failed: the destination's certificate did not verify, it asked for a
+    /// client certificate we do not have, or it does not speak TLS on that port.
+    #[error("TLS with {addr} failed: {message}")]
+    Tls {
+        /// `host:port`.
+        addr: String,
+        /// What rustls said.
+        message: String,
+    },
     /// The peer rejected the association.
     #[error("association rejected ({}): {reason}", permanence(*.permanent))]
     Rejected {
@@ -148,9 +159,11 @@ impl SendError {
             Self::MissingUid(_) | Self::Encode(_) | Self::NoPresentationContext { .. } => false,
             Self::Rejected { permanent, .. } => !permanent,
             Self::Failure { status, .. } => !matches!(status, 0x0122 | 0x0124 | 0xA900..=0xA9FF),
-            Self::Connect { .. } | Self::Timeout(_) | Self::Aborted | Self::Association { .. } => {
-                true
-            }
+            Self::Connect { .. }
+            | Self::Tls { .. }
+            | Self::Timeout(_)
+            | Self::Aborted
+            | Self::Association { .. } => true,
         }
     }
 
@@ -206,8 +219,47 @@ pub async fn store(
 ) -> Result<Delivered, SendError> {
     let sop_class_uid = uid_of(file, tags::SOP_CLASS_UID, "SOP Class UID")?;
     let sop_instance_uid = uid_of(file, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
-    let mut assoc = associate(dest, &sop_class_uid, opts).await?;
-    let result = exchange(&mut assoc, file, &sop_class_uid, &sop_instance_uid, opts).await;
+    let options = association_options(dest, &sop_class_uid, opts);
+    let addr = format!("{}:{}", dest.host, dest.port);
+    // the connect has its own timeout; this bounds the handshake and the negotiation too
+    let deadline = opts.connect_timeout + opts.dimse_timeout * 2;
+    match &dest.tls {
+        None => {
+            let mut assoc = tokio::time::timeout(deadline, options.establish_async(addr.as_str()))
+                .await
+                .map_err(|_| SendError::Timeout("associating"))?
+                .map_err(|e| association_error(e, &addr, &sop_class_uid, false))?;
+            if let Err(e) = assoc.inner_stream().set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            deliver(assoc, dest, file, (&sop_class_uid, &sop_instance_uid), opts).await
+        }
+        Some(tls) => {
+            let options = options
+                .tls_config(tls.client.clone())
+                .server_name(&tls.server_name);
+            let mut assoc =
+                tokio::time::timeout(deadline, options.establish_tls_async(addr.as_str()))
+                    .await
+                    .map_err(|_| SendError::Timeout("associating"))?
+                    .map_err(|e| association_error(e, &addr, &sop_class_uid, true))?;
+            if let Err(e) = assoc.inner_stream().get_ref().0.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            deliver(assoc, dest, file, (&sop_class_uid, &sop_instance_uid), opts).await
+        }
+    }
+}
+
+/// The C-STORE on an established association, then its release (or abort on failure).
+async fn deliver<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut assoc: AsyncClientAssociation<S>,
+    dest: &Destination,
+    file: &FileDicomObject<InMemDicomObject>,
+    (sop_class_uid, sop_instance_uid): (&str, &str),
+    opts: &ScuOptions,
+) -> Result<Delivered, SendError> {
+    let result = exchange(&mut assoc, file, sop_class_uid, sop_instance_uid, opts).await;
     match &result {
         Ok(_) | Err(SendError::Failure { .. }) => {
             // the answer is in; a failed release changes nothing about it
@@ -222,13 +274,12 @@ pub async fn store(
     result
 }
 
-async fn associate(
-    dest: &Destination,
-    sop_class_uid: &str,
+fn association_options<'a>(
+    dest: &'a Destination,
+    sop_class_uid: &'a str,
     opts: &ScuOptions,
-) -> Result<AsyncClientAssociation<TcpStream>, SendError> {
-    let addr = format!("{}:{}", dest.host, dest.port);
-    let options = ClientAssociationOptions::new()
+) -> ClientAssociationOptions<'a> {
+    ClientAssociationOptions::new()
         .calling_ae_title(dest.calling_ae_title.as_str())
         .called_ae_title(dest.ae_title.as_str())
         .with_presentation_context(
@@ -241,22 +292,48 @@ async fn associate(
         .max_pdu_length(opts.max_pdu_length)
         .connection_timeout(opts.connect_timeout)
         .read_timeout(opts.dimse_timeout)
-        .write_timeout(opts.dimse_timeout);
-    // the connect has its own timeout; this bounds the negotiation too
-    let deadline = opts.connect_timeout + opts.dimse_timeout * 2;
-    let mut assoc = tokio::time::timeout(deadline, options.establish_async(addr.as_str()))
-        .await
-        .map_err(|_| SendError::Timeout("associating"))?
-        .map_err(|e| association_error(e, &addr, sop_class_uid))?;
-    if let Err(e) = assoc.inner_stream().set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
-    Ok(assoc)
+        .write_timeout(opts.dimse_timeout)
 }
 
-fn association_error(e: dicom_ul::association::Error, addr: &str, sop_class: &str) -> SendError {
+/// `tls`: the association was to start with a TLS handshake, whose failures tokio-rustls
+/// reports as I/O errors of kind `InvalidData` (a certificate or protocol problem) or
+/// `UnexpectedEof` (the peer hung up: it does not speak TLS, or refused our certificate).
+fn association_error(
+    e: dicom_ul::association::Error,
+    addr: &str,
+    sop_class: &str,
+    tls: bool,
+) -> SendError {
     use dicom_ul::association::Error as E;
+    use std::io::ErrorKind;
     match e {
+        E::TlsHandshake { source, .. } => SendError::Tls {
+            addr: addr.to_string(),
+            message: format!(
+                "the handshake ended early ({source}): the peer may not speak TLS on this port, or refused our certificate"
+            ),
+        },
+        E::Connect { source, .. }
+            if tls
+                && matches!(
+                    source.kind(),
+                    ErrorKind::InvalidData | ErrorKind::ConnectionReset
+                ) =>
+        {
+            SendError::Tls {
+                addr: addr.to_string(),
+                message: source.to_string(),
+            }
+        }
+        // TLS 1.3: the handshake completes on our side before the peer checks our certificate;
+        // its refusal (an alert) arrives as the answer to the A-ASSOCIATE-RQ
+        other if tls && other.to_string().contains("TLS") => SendError::Tls {
+            addr: addr.to_string(),
+            message: format!(
+                "the peer ended the TLS session while associating ({other}): it may require a \
+                 client certificate we did not present, or refuse ours"
+            ),
+        },
         E::Connect { source, .. } | E::ToAddress { source, .. } => SendError::Connect {
             addr: addr.to_string(),
             message: source.to_string(),
@@ -278,8 +355,8 @@ fn association_error(e: dicom_ul::association::Error, addr: &str, sop_class: &st
 }
 
 /// Command, data set, response on an established association.
-async fn exchange(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    assoc: &mut AsyncClientAssociation<S>,
     file: &FileDicomObject<InMemDicomObject>,
     sop_class_uid: &str,
     sop_instance_uid: &str,
@@ -344,8 +421,8 @@ async fn exchange(
     }
 }
 
-async fn read_response(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
+async fn read_response<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    assoc: &mut AsyncClientAssociation<S>,
     opts: &ScuOptions,
 ) -> Result<(u16, Option<String>), SendError> {
     let mut command = Vec::new();
