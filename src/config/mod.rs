@@ -10,6 +10,7 @@
 //! `study.rs`); `env.rs` applies the environment overrides and `secrets.rs` keeps secrets out of
 //! errors.
 
+mod audit;
 mod database;
 mod decode;
 mod dicom;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use audit::{AuditConfig, AuditTlsFiles, SyslogTarget, SyslogTransport};
 pub use database::DatabaseConfig;
 pub use decode::DecodeConfig;
 pub use dicom::DicomConfig;
@@ -38,6 +40,7 @@ pub use report::{Destination, ReportConfig};
 pub use spool::SpoolConfig;
 pub use study::StudyConfig;
 
+use audit::RawAudit;
 use database::RawDatabase;
 use decode::RawDecode;
 use dicom::RawDicom;
@@ -93,6 +96,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// How images are decoded for analysis (`[decode]`).
     pub decode: DecodeConfig,
+    /// The DICOM audit trail (`[audit]`); off unless the file says so.
+    pub audit: AuditConfig,
     /// The file this configuration was read from (`None` when built from text); SIGHUP
     /// reloads it.
     pub source: Option<PathBuf>,
@@ -189,6 +194,8 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     decode: RawDecode,
+    #[serde(default)]
+    audit: RawAudit,
 }
 
 impl RawConfig {
@@ -209,6 +216,7 @@ impl RawConfig {
             study: self.study.validate()?,
             http: self.http.validate()?,
             decode: self.decode.validate()?,
+            audit: self.audit.validate(base)?,
             source: None,
         })
     }
