@@ -9,6 +9,7 @@
 //! backoff   the one exponential backoff schedule of every retry
 //! config    the typed configuration, one file per section
 //! db        PostgreSQL: pool, migrations, every SQL statement
+//! audit     the DICOM audit trail: events → XML AuditMessage → durable queue → syslog / file
 //! ingest    a received instance → spool (durable) + database; protocol-neutral
 //! receive   the C-STORE SCP: associations over any byte stream → ingest
 //! analyse   decode (in a helper process) → eligibility → preprocess → models → findings
@@ -26,6 +27,8 @@ pub mod findings;
 pub mod config;
 
 pub mod db;
+
+pub mod audit;
 
 pub mod ingest;
 
