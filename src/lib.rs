@@ -10,6 +10,7 @@
 //! tls       DICOM TLS: certificates, keys, trust anchors, the BCP 195 rustls configurations
 //! config    the typed configuration, one file per section
 //! db        PostgreSQL: pool, migrations, every SQL statement
+//! audit     the DICOM audit trail: events → XML AuditMessage → durable queue → syslog / file
 //! ingest    a received instance → spool (durable) + database; protocol-neutral
 //! receive   the C-STORE SCP: associations over any byte stream → ingest
 //! analyse   decode (in a helper process) → eligibility → preprocess → models → findings
@@ -28,6 +29,8 @@ pub mod tls;
 pub mod config;
 
 pub mod db;
+
+pub mod audit;
 
 pub mod ingest;
 

@@ -1,6 +1,6 @@
 //! The layout reads as the flow: every module of `src/` may use only the layers below its own
 //! (issue 9). Layers, bottom up:
-//! dicom | findings | backoff | tls → config → db → ingest → receive | analyse → report → send → ops → worker → admin | daemon.
+//! dicom | findings | backoff | tls → config → db → audit | ingest → receive | analyse → report → send → ops → worker → admin | daemon.
 //! Checked on the source text: every `crate::<layer>` path outside comments.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("tls", 0),
     ("config", 1),
     ("db", 2),
+    ("audit", 3),
     ("ingest", 3),
     ("receive", 4),
     ("analyse", 4),

@@ -10,6 +10,7 @@
 //! `study.rs`); `env.rs` applies the environment overrides and `secrets.rs` keeps secrets out of
 //! errors.
 
+mod audit;
 mod database;
 mod decode;
 mod dicom;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use audit::{AuditConfig, AuditTlsFiles, SyslogTarget, SyslogTransport};
 pub use database::DatabaseConfig;
 pub use decode::DecodeConfig;
 pub use dicom::DicomConfig;
@@ -40,6 +42,7 @@ pub use spool::SpoolConfig;
 pub use study::StudyConfig;
 pub use tls::{DestinationTls, ScpTlsConfig};
 
+use audit::RawAudit;
 use database::RawDatabase;
 use decode::RawDecode;
 use dicom::RawDicom;
@@ -95,6 +98,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// How images are decoded for analysis (`[decode]`).
     pub decode: DecodeConfig,
+    /// The DICOM audit trail (`[audit]`); off unless the file says so.
+    pub audit: AuditConfig,
     /// The file this configuration was read from (`None` when built from text); SIGHUP
     /// reloads it.
     pub source: Option<PathBuf>,
@@ -199,6 +204,8 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     decode: RawDecode,
+    #[serde(default)]
+    audit: RawAudit,
 }
 
 impl RawConfig {
@@ -220,6 +227,7 @@ impl RawConfig {
             study: self.study.validate()?,
             http: self.http.validate()?,
             decode: self.decode.validate()?,
+            audit: self.audit.validate(base)?,
             source: None,
         })
     }

@@ -2,6 +2,7 @@
 //! The database is the index of the spool and the job queue shared by every receiver and worker.
 
 pub mod analysis;
+pub mod audit;
 pub mod instances;
 pub mod jobs;
 pub mod outbox;

@@ -1,0 +1,132 @@
+//! The DICOM audit trail (PS3.15 A.5 audit messages, IHE ATNA), beside the flow: the daemon
+//! records what happens to patient data (a study received, an SR sent, an admin reading or
+//! resending), who started and stopped it, and which peers were refused.
+//!
+//! [`record`] renders an [`AuditEvent`] to its XML `AuditMessage` and inserts it into the
+//! `audit_queue` table (SQL in `db::audit`): durable at once, and never waiting on the network.
+//! [`run_sender`] delivers the queue to the syslog collector (RFC 5424 messages over UDP,
+//! RFC 5426, or TLS, RFC 5425) and/or a local file, at least once, retrying with backoff while
+//! a destination is down. See `docs/audit.md`.
+//!
+//! Patient names and IDs appear only inside audit messages (the queue, the collector, the
+//! file), never in `tracing` events: errors here name addresses, paths and row counts only.
+
+mod event;
+mod sender;
+pub mod syslog;
+mod transport;
+mod xml;
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use sqlx::PgPool;
+
+use crate::config::AuditConfig;
+use crate::db;
+
+pub use event::{
+    Activity, AlertKind, AuditEvent, Code, DatabaseQuery, Direction, LocalApplication, LocalUser,
+    NetworkAccessPoint, Outcome, Patient, RemoteNode, SopClassCount, Source, Study, codes,
+};
+pub use sender::{run_sender, run_sender_to};
+pub use transport::{Collector, client_config, server_name};
+pub use xml::escape;
+
+/// An audit operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Inserting a message into the queue failed (the event is not recorded).
+    #[error("cannot queue the audit message: {0}")]
+    Enqueue(sqlx::Error),
+    /// Claiming, marking or deleting queued messages failed.
+    #[error("audit queue query failed: {0}")]
+    Queue(sqlx::Error),
+    /// Reading a PEM file of the TLS connection failed.
+    #[error("cannot load the audit TLS file {path}: {message}")]
+    ReadTlsFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The TLS client configuration cannot be built.
+    #[error("invalid audit TLS configuration: {message}")]
+    TlsConfig {
+        /// What is wrong.
+        message: String,
+    },
+    /// Resolving, or connecting to, the collector failed.
+    #[error("cannot connect to the audit collector {address}: {source}")]
+    Connect {
+        /// `host:port`.
+        address: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TLS handshake with the collector failed.
+    #[error("TLS handshake with the audit collector {address} failed: {source}")]
+    Handshake {
+        /// `host:port`.
+        address: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Sending a message to the collector failed.
+    #[error("cannot send to the audit collector {address}: {source}")]
+    Send {
+        /// `host:port`.
+        address: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Appending to the audit file failed.
+    #[error("cannot write the audit file {path}: {source}")]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Who reports events under `config`: its source ID and site, this host and this process.
+pub fn source(config: &AuditConfig) -> Source {
+    Source {
+        id: config.source_id.clone(),
+        enterprise_site_id: config.enterprise_site_id.clone(),
+        hostname: config.hostname.clone(),
+        process_id: std::process::id(),
+    }
+}
+
+/// Record `event`: render it, now, and queue it for the sender. A no-op when audit is off.
+/// Waits for one database insert only, never for the collector. Returns the queue row's id.
+pub async fn record(
+    pool: &PgPool,
+    config: &AuditConfig,
+    event: &AuditEvent,
+) -> Result<Option<i64>, AuditError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let now = Utc::now();
+    let source = source(config);
+    let xml = event.to_xml(&source, now);
+    let procid = source.process_id.to_string();
+    let id = db::audit::insert(
+        pool,
+        &db::audit::NewAuditMessage {
+            created_at: now,
+            event_kind: event.kind(),
+            severity: i16::from(event.outcome().severity()),
+            hostname: &config.hostname,
+            procid: &procid,
+            message: &xml,
+        },
+    )
+    .await
+    .map_err(AuditError::Enqueue)?;
+    tracing::debug!(audit_id = id, event = event.kind(), "audit event recorded");
+    Ok(Some(id))
+}
