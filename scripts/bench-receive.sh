@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Receive benchmark (issue 2, part 8): cxr-worker against DCMTK storescp, same run, same files.
+# Receive benchmark (issue 2, part 8): cxr-worker against DCMTK storescp, same run, same files;
+# since issue 10 also over DICOM TLS (receive throughput over TLS against plain TCP, and against
+# storescp +tls).
 #
 #   scripts/bench-receive.sh            # N=200 instances, 3 repetitions, median reported
 #   BENCH_N=40 BENCH_REPS=1 scripts/bench-receive.sh   # quick smoke run
@@ -15,25 +17,37 @@
 #     storescp tuned    the same with TCP_NODELAY=1 in its environment (DCMTK's switch to turn
 #                       Nagle off: without it every C-STORE-RSP waits ~40 ms for a delayed ACK)
 #                       and --fork (one process per association, so 4 associations run at once).
+#   With BENCH_TLS=1 (the default), also:
+#     cxr-worker tls    the same daemon with a [dicom.tls] listener (mutual TLS: client certificates
+#                       must chain to the test CA); the sender goes to the TLS port.
+#     storescp tls      storescp tuned (TCP_NODELAY=1, --fork, +B) with +tls server.key server.crt
+#                       +cf ca.crt (it requires a client certificate, its default).
+#   The TLS senders present the client certificate: storescu +tls modality.key modality.crt
+#   +cf ca.crt. The throw-away PKI (tests/tls/make-pki.sh) is made once into $BENCH_DIR/pki.
 # - Sender: DCMTK storescu (-R -pdu 131072), the same options for every receiver, to 127.0.0.1:
 #     1x  one association sending all N files
 #     4x  4 concurrent associations (4 storescu processes) each sending N/4 files
-# - After every cxr-worker run: the database has N instance rows and the spool N files (and no
-#   staged leftovers); after every storescp run: its folder has N files. A mismatch fails the run.
+#   (plus the TLS options above for the TLS receivers)
+# - After every cxr-worker run (plain or TLS): the database has N instance rows and the spool N
+#   files (and no staged leftovers); after every storescp run: its folder has N files. A mismatch
+#   fails the run.
 # - Peak RSS and CPU seconds (user + system) of each receiver: GNU time (the receiver and its
 #   reaped children). "sync after": how long the `sync` right after a storescp run takes, i.e.
 #   what storescp left unwritten (shown, not counted). Where cxr-worker's time goes:
 #   scripts/bench/profile-cxr.sh.
-# Prints a table of medians; BENCH_OUT (default var/bench/results.md) gets the markdown table.
+# Prints a table of medians; BENCH_OUT (default var/bench/results.md) gets the markdown table
+# (with BENCH_TLS=1 followed by the throughput ratios TLS / plain for cxr-worker and cxr-worker
+# tls / storescp tls).
 # Environment: BENCH_N (200), BENCH_REPS (3), DATABASE_URL (default: the cluster of scripts/pg.sh),
 # BENCH_DIR (var/bench), CXR_WORKER_BIN (default target/release/cxr-worker, built if missing
-# or stale), BENCH_PDU (131072).
+# or stale), BENCH_PDU (131072), BENCH_TLS (1: also the TLS receivers; 0: plain TCP only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 N=${BENCH_N:-200}
 REPS=${BENCH_REPS:-3}
 PDU=${BENCH_PDU:-131072}
+BENCH_TLS=${BENCH_TLS:-1}
 BENCH_DIR=${BENCH_DIR:-$ROOT/var/bench}
 OUT=${BENCH_OUT:-$BENCH_DIR/results.md}
 PY=$ROOT/.venv/bin/python
@@ -44,6 +58,11 @@ RUNS=$BENCH_DIR/runs
 for tool in storescp storescu echoscu psql pg_isready bc /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "missing $tool (scripts/setup.sh installs it)" >&2; exit 2; }
 done
+[[ $BENCH_TLS == [01] ]] || { echo "BENCH_TLS must be 0 or 1" >&2; exit 2; }
+if (( BENCH_TLS )); then
+  command -v openssl >/dev/null \
+    || { echo "missing openssl (BENCH_TLS=0 skips the TLS runs)" >&2; exit 2; }
+fi
 
 # the project's private cluster (scripts/pg.sh), unless DATABASE_URL names a server; a cluster
 # already answering on the port (another checkout's) is used as it is
@@ -71,6 +90,29 @@ mapfile -t FILES < <(printf '%s\n' "$DX"/dx*.dcm | sort | head -n "$N")
 BYTES=$(du -cb "${FILES[@]}" | tail -1 | cut -f1)
 cat "${FILES[@]}" > /dev/null   # into the page cache: the sender reads from memory in every run
 
+# --- the throw-away PKI (TLS runs) -----------------------------------------------------------
+PKI=$BENCH_DIR/pki
+SERVER_TLS=() CLIENT_TLS=()
+if (( BENCH_TLS )); then
+  # made once; made again when a file is missing or a certificate expires within a day
+  pki_ok=1
+  for f in ca.crt server.crt server.key modality.crt modality.key; do
+    [[ -s $PKI/$f ]] || pki_ok=0
+  done
+  if (( pki_ok )); then
+    for c in server modality; do
+      openssl x509 -noout -checkend 86400 -in "$PKI/$c.crt" >/dev/null || pki_ok=0
+    done
+  fi
+  if (( ! pki_ok )); then
+    echo "== tests/tls/make-pki.sh $PKI" >&2
+    rm -rf "$PKI"
+    tests/tls/make-pki.sh "$PKI"
+  fi
+  SERVER_TLS=(+tls "$PKI/server.key" "$PKI/server.crt" +cf "$PKI/ca.crt")
+  CLIENT_TLS=(+tls "$PKI/modality.key" "$PKI/modality.crt" +cf "$PKI/ca.crt")
+fi
+
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
 RESULTS=$RUNS/results.tsv
@@ -89,15 +131,17 @@ free_port() {
   "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# send MODE PORT LOGPREFIX: storescu to 127.0.0.1:PORT, one association (1) or four (4).
+# send MODE PORT LOGPREFIX [tls]: storescu to 127.0.0.1:PORT, one association (1) or four (4);
+# with "tls", over TLS with the client certificate (CLIENT_TLS).
 # Prints the wall-clock seconds from the first storescu start to the last one's exit.
 send() {
-  local mode=$1 port=$2 log=$3 per i start end rc=0
-  local -a pids=()
+  local mode=$1 port=$2 log=$3 tls=${4:-} per i start end rc=0
+  local -a pids=() sec=()
+  if [[ $tls == tls ]]; then sec=("${CLIENT_TLS[@]}"); fi
   per=$(( N / mode ))
   start=$(date +%s.%N)
   for (( i = 0; i < mode; i++ )); do
-    storescu -R -pdu "$PDU" -aet BENCH -aec "$AE" 127.0.0.1 "$port" \
+    storescu -R -pdu "$PDU" "${sec[@]}" -aet BENCH -aec "$AE" 127.0.0.1 "$port" \
       "${FILES[@]:i*per:per}" > "$log.storescu$i" 2>&1 &
     pids+=($!)
   done
@@ -129,9 +173,20 @@ stop() {
 peak_rss() { tail -1 "$1" | cut -d' ' -f1; }
 cpu_s() { tail -1 "$1" | awk '{ print $2 + $3 }'; }
 
+# run_cxr REP MODE [tls]: one cxr-worker run; with "tls" the sender goes to its [dicom.tls] port
 run_cxr() {
-  local rep=$1 mode=$2
-  local dir=$RUNS/cxr-$mode-$rep db port secs rows files staged tpid pid rss
+  local rep=$1 mode=$2 tls=${3:-} name=cxr-worker ready='"listening"' tls_toml=""
+  local dir=$RUNS/cxr${tls:+-$tls}-$mode-$rep db port secs rows files staged tpid pid rss
+  if [[ $tls == tls ]]; then
+    name="cxr-worker tls"
+    ready='"listening (DICOM TLS)"'
+    tls_toml="[dicom.tls]
+listen = \"127.0.0.1:0\"
+certificate = \"$PKI/server.crt\"
+private_key = \"$PKI/server.key\"
+# mutual TLS (the default): client certificates must chain to this CA
+ca_file = \"$PKI/ca.crt\""
+  fi
   db=cxr_bench_$(date +%s%N)
   mkdir -p "$dir"
   psql -q "$ADMIN_URL" -c "CREATE DATABASE $db" >/dev/null
@@ -144,6 +199,7 @@ listen = "127.0.0.1:0"
 allowed_calling_ae_titles = ["BENCH@127.0.0.1"]
 max_associations = 8
 max_pdu_length = $PDU
+$tls_toml
 [database]
 url = "$url"
 [spool]
@@ -166,19 +222,19 @@ TOML
   LIVE_PID=$pid
   port=""
   for _ in $(seq 300); do
-    port=$(grep -m1 '"listening"' "$dir/log.json" 2>/dev/null | grep -Eo '"addr":"[^"]*"' | grep -Eo '[0-9]+"$' | tr -d '"' || true)
+    port=$(grep -m1 -F "$ready" "$dir/log.json" 2>/dev/null | grep -Eo '"addr":"[^"]*"' | grep -Eo '[0-9]+"$' | tr -d '"' || true)
     [[ -n $port ]] && break
     sleep 0.1
   done
   [[ -n $port ]] || { echo "cxr-worker did not start: $(cat "$dir/log.json")" >&2; stop "$pid" "$tpid"; return 1; }
-  secs=$(send "$mode" "$port" "$dir/send")
+  secs=$(send "$mode" "$port" "$dir/send" "$tls")
   stop "$pid" "$tpid"
   rss=$(peak_rss "$dir/time")
   rows=$(psql -qAt "$url" -c "SELECT count(*) FROM instances")
   files=$(find "$dir/spool/objects" -type f -name '*.dcm' | wc -l)
   staged=$(find "$dir/spool/tmp" -type f | wc -l)
   if (( rows != N || files != N || staged != 0 )); then
-    echo "cxr-worker run $mode/$rep LOST DATA: $rows rows, $files files, $staged staged (want $N)" >&2
+    echo "$name run $mode/$rep LOST DATA: $rows rows, $files files, $staged staged (want $N)" >&2
     return 1
   fi
   read -r med p90 < <("$PY" - "$dir/log.json" <<'EOF'
@@ -188,17 +244,22 @@ ms = sorted(e["ms"] for e in events if e.get("message") == "stored")
 print(statistics.median(ms), ms[int(len(ms) * 0.9) - 1])
 EOF
   )
-  printf '%s\tcxr-worker\t%sx\t%s\t%s\t%s\t0\t%s\t%s\n' "$rep" "$mode" "$secs" "$rss" "$(cpu_s "$dir/time")" "$med" "$p90" >> "$RESULTS"
+  printf '%s\t%s\t%sx\t%s\t%s\t%s\t0\t%s\t%s\n' "$rep" "$name" "$mode" "$secs" "$rss" "$(cpu_s "$dir/time")" "$med" "$p90" >> "$RESULTS"
   psql -q "$ADMIN_URL" -c "DROP DATABASE $db WITH (FORCE)" >/dev/null
   LIVE_DB=""
   rm -rf "$dir/spool"
   sync
 }
 
+# run_storescp REP MODE VARIANT: VARIANT "" (as shipped), tuned, or tls (tuned, over TLS)
 run_storescp() {
   local rep=$1 mode=$2 variant=$3 name=storescp dir port secs files tpid pid rss up=""
-  local -a extra=() env=()
-  if [[ $variant == tuned ]]; then name="storescp tuned"; extra=(--fork); env=(TCP_NODELAY=1); fi
+  local -a extra=() env=() sec=()
+  case $variant in
+    tuned) name="storescp tuned"; extra=(--fork); env=(TCP_NODELAY=1) ;;
+    tls) name="storescp tls"; extra=(--fork "${SERVER_TLS[@]}"); env=(TCP_NODELAY=1)
+      sec=("${CLIENT_TLS[@]}") ;;
+  esac
   dir=$RUNS/storescp${variant:+-$variant}-$mode-$rep
   mkdir -p "$dir/out"
   port=$(free_port)
@@ -208,11 +269,12 @@ run_storescp() {
   pid=$(child_of "$tpid")
   LIVE_PID=$pid
   for _ in $(seq 100); do
-    if echoscu -aec "$AE" 127.0.0.1 "$port" >/dev/null 2>&1; then up=1; break; fi
+    if echoscu "${sec[@]}" -aec "$AE" 127.0.0.1 "$port" >/dev/null 2>&1; then up=1; break; fi
     sleep 0.1
   done
-  [[ -n $up ]] || { echo "storescp did not start" >&2; stop "$pid" "$tpid"; return 1; }
-  secs=$(send "$mode" "$port" "$dir/send")
+  [[ -n $up ]] \
+    || { echo "$name did not start: $(cat "$dir/log")" >&2; stop "$pid" "$tpid"; return 1; }
+  secs=$(send "$mode" "$port" "$dir/send" "$variant")
   # --fork: the children may still be closing their files
   for _ in $(seq 100); do
     [[ -z $(pgrep -P "$pid" || true) ]] && break
@@ -236,8 +298,10 @@ echo "== $N files, $(( BYTES / 1048576 )) MiB, $REPS repetitions; load average $
 for (( rep = 1; rep <= REPS; rep++ )); do
   for mode in 1 4; do
     run_cxr "$rep" "$mode"
+    if (( BENCH_TLS )); then run_cxr "$rep" "$mode" tls; fi
     run_storescp "$rep" "$mode" ""
     run_storescp "$rep" "$mode" tuned
+    if (( BENCH_TLS )); then run_storescp "$rep" "$mode" tls; fi
     echo "   rep $rep ${mode}x done ($(( $(date +%s) - T0 )) s)" >&2
   done
 done
@@ -254,8 +318,9 @@ rows = list(csv.DictReader(open(path), delimiter="\t"))
 groups = {}
 for r in rows:
     groups.setdefault((r["receiver"], r["mode"]), []).append(r)
-order = [("cxr-worker", "1x"), ("storescp", "1x"), ("storescp tuned", "1x"),
-         ("cxr-worker", "4x"), ("storescp", "4x"), ("storescp tuned", "4x")]
+receivers = ["cxr-worker", "cxr-worker tls", "storescp", "storescp tuned", "storescp tls"]
+order = [(r, m) for m in ("1x", "4x") for r in receivers]
+median_s = {key: statistics.median(float(r["seconds"]) for r in g) for key, g in groups.items()}
 lines = [
     "| receiver | associations | median s | instances/s | MB/s | runs (s) | receiver CPU s | peak RSS MiB | store ms median / p90 | sync after, s |",
     "|---|---|---|---|---|---|---|---|---|---|",
@@ -276,9 +341,29 @@ for key in order:
     lines.append(
         f"| {key[0]} | {key[1][0]} | {med:.2f} | {n / med:.1f} | {nbytes / 1e6 / med:.0f} "
         f"| {' '.join(f'{s:.2f}' for s in secs)} | {cpu:.1f} | {rss:.0f} | {ms} "
-        f"| {f'{sync:.2f}' if key[0] != 'cxr-worker' else '-'} |"
+        f"| {f'{sync:.2f}' if key[0].startswith('storescp') else '-'} |"
     )
 table = "\n".join(lines)
+
+def ratio(a, b):
+    # throughput of a / throughput of b, from the median seconds (same N)
+    parts = []
+    for m in ("1x", "4x"):
+        if (a, m) in median_s and (b, m) in median_s:
+            r = median_s[(b, m)] / median_s[(a, m)]
+            plural = "s" if m != "1x" else ""
+            parts.append(f"{r:.2f} ({(r - 1) * 100:+.0f} %) at {m[0]} association{plural}")
+    return ", ".join(parts)
+
+ratios = [
+    ("TLS / plain receive throughput, cxr-worker (cxr-worker tls / cxr-worker)",
+     ratio("cxr-worker tls", "cxr-worker")),
+    ("cxr-worker tls / storescp tls", ratio("cxr-worker tls", "storescp tls")),
+    ("for comparison, storescp tls / storescp tuned", ratio("storescp tls", "storescp tuned")),
+]
+ratios = [f"- {label}: {text}." for label, text in ratios if text]
+if ratios:
+    table += "\n\n" + "\n".join(ratios) + "\n"
 note = (f"\n{n} instances, {nbytes / 1e6:.0f} MB ({nbytes / n / 1e6:.2f} MB each); MB = 10^6 bytes; "
         f"load average (1/5/15 min) {load0} before, {load1} after.\n{machine}.\n")
 print(table + note)
