@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a Debian/Ubuntu machine, skipping what is already present:
-# DCMTK and dicom3tools (peers and validators), Orthanc (a real PACS for the send tests), cmake (JPEG-LS codec build), PostgreSQL,
+# DCMTK and dicom3tools (peers and validators), Orthanc (a real PACS for the send tests), cmake (JPEG-LS codec build), openssl (test certificates), PostgreSQL,
 # the Rust toolchain check, and the Python environment in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,8 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v c++ >/dev/null || need+=(g++)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+# the DICOM TLS tests and benchmark make their certificates with the openssl CLI
+command -v openssl >/dev/null || need+=(openssl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null || need+=(postgresql-client)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::analyse::analyser::Analyser;
 use crate::analyse::helper::{self, Decoder};
 use crate::analyse::infer::{Engine, EngineOptions};
+use crate::audit::{self, AuditEvent, Auditor, LocalUser};
 use crate::backoff::{Backoff, Failures};
 use crate::config::Config;
 use crate::db;
@@ -209,7 +210,27 @@ impl Daemon {
         live.certificates
             .warn_if_expiring(crate::ops::certificates::unix_now());
         let budget = MemoryBudget::new(config.dicom.receive_memory_budget_bytes);
+        let auditor = Auditor::new(pool.clone(), &config.audit, config.dicom.ae_title.as_str());
+        let audit_stop = CancellationToken::new();
+        let audit_sender = tokio::spawn(audit::run_sender(
+            pool.clone(),
+            config.audit.clone(),
+            audit_stop.clone(),
+        ));
+        if let Some(a) = &auditor {
+            a.record(&AuditEvent::application_start(
+                a.application(None),
+                Some(LocalUser::current()),
+            ))
+            .await;
+            live.outbox.send_modify(|s| {
+                let mut next = (**s).clone();
+                next.auditor = Some(a.clone());
+                *s = Arc::new(next);
+            });
+        }
         let ingest = Ingest::new(pool.clone(), storage.clone(), budget.clone())
+            .with_auditor(auditor.clone())
             .with_watermark(space.clone())
             .max_inflated_bytes(config.dicom.max_dataset_bytes as u64);
         let scp_stats = Arc::new(ScpStats::default());
@@ -255,6 +276,20 @@ impl Daemon {
         .await;
         // the receiver has drained; workers finish the job in hand
         tasks.tracker.wait().await;
+        if let Some(a) = &auditor {
+            a.record(&AuditEvent::application_stop(
+                a.application(None),
+                Some(LocalUser::current()),
+            ))
+            .await;
+        }
+        // the audit sender's last round delivers what is queued (the stop included)
+        audit_stop.cancel();
+        match audit_sender.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "audit sender stopped"),
+            Err(e) => tracing::warn!(error = %e, "audit sender failed"),
+            Ok(Ok(())) => {}
+        }
         pool.close().await;
         tracing::info!("stopped");
         Ok(())

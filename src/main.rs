@@ -204,7 +204,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(&config)?;
             let rows = block_on(async {
                 let pool = admin::connect(&cfg.database, admin::CONNECT_TIMEOUT).await?;
-                findings::query(&pool, &filter).await
+                let rows = findings::query(&pool, &filter).await?;
+                admin::audit::audit_findings(&pool, &cfg, &filter).await;
+                Ok::<_, admin::AdminError>(rows)
             })?;
             findings::write(&rows, format, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
@@ -229,7 +231,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(&config)?;
             let outcome = block_on(async {
                 let pool = admin::connect(&cfg.database, admin::CONNECT_TIMEOUT).await?;
-                actions::resend(&pool, &study_uid, &cfg.destinations).await
+                let outcome = actions::resend(&pool, &study_uid, &cfg.destinations).await?;
+                admin::audit::audit_resend(&pool, &cfg, &study_uid).await;
+                Ok::<_, admin::AdminError>(outcome)
             })?;
             outcome.write(&mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)

@@ -1,6 +1,6 @@
 //! The layout reads as the flow: every module of `src/` may use only the layers below its own
 //! (issue 9). Layers, bottom up:
-//! dicom | findings | backoff | tls → config → db → audit | ingest → receive | analyse → report → send → ops → worker → admin | daemon.
+//! dicom | findings | backoff | tls → config → db → audit → ingest → receive | analyse → report → send → ops → worker → admin | daemon.
 //! Checked on the source text: every `crate::<layer>` path outside comments.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,15 +14,15 @@ const LAYERS: &[(&str, u32)] = &[
     ("config", 1),
     ("db", 2),
     ("audit", 3),
-    ("ingest", 3),
-    ("receive", 4),
-    ("analyse", 4),
-    ("report", 5),
-    ("send", 6),
-    ("ops", 7),
-    ("worker", 8),
-    ("admin", 9),
-    ("daemon", 9),
+    ("ingest", 4),
+    ("receive", 5),
+    ("analyse", 5),
+    ("report", 6),
+    ("send", 7),
+    ("ops", 8),
+    ("worker", 9),
+    ("admin", 10),
+    ("daemon", 10),
 ];
 
 fn rank(layer: &str) -> Option<u32> {

@@ -178,6 +178,7 @@ fn settings(
         },
         poll_interval: Duration::from_millis(100),
         max_concurrent_sends: 2,
+        auditor: None,
     }
 }
 

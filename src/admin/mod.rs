@@ -8,6 +8,7 @@
 //! database.
 
 pub mod actions;
+pub mod audit;
 pub mod check;
 pub mod findings;
 pub mod output;

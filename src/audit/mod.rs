@@ -130,3 +130,81 @@ pub async fn record(
     tracing::debug!(audit_id = id, event = event.kind(), "audit event recorded");
     Ok(Some(id))
 }
+
+/// What the daemon's stages hold to record events: the pool, the `[audit]` settings and our AE
+/// title. Cheap to clone. Exists only while audit is enabled ([`Auditor::new`] gives `None`
+/// otherwise), so a stage without one records nothing.
+#[derive(Clone)]
+pub struct Auditor {
+    pool: PgPool,
+    config: std::sync::Arc<AuditConfig>,
+    ae_title: String,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("ae_title", &self.ae_title)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auditor {
+    /// A recorder for `config`, or `None` when audit is off.
+    pub fn new(pool: PgPool, config: &AuditConfig, ae_title: &str) -> Option<Self> {
+        config.enabled.then(|| Self {
+            pool,
+            config: std::sync::Arc::new(config.clone()),
+            ae_title: ae_title.to_string(),
+        })
+    }
+
+    /// This application, as a participant: our AE title (or `ae_title`) on this host.
+    pub fn application(&self, ae_title: Option<&str>) -> LocalApplication {
+        LocalApplication {
+            ae_title: ae_title.unwrap_or(&self.ae_title).to_string(),
+            access_point: NetworkAccessPoint::Name(self.config.hostname.clone()),
+        }
+    }
+
+    /// The pool events are queued in (for the lookups a stage makes before recording).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Record `event` now; a failure is logged (without patient data) and otherwise ignored:
+    /// auditing never stops the work it describes.
+    pub async fn record(&self, event: &AuditEvent) {
+        if let Err(e) = record(&self.pool, &self.config, event).await {
+            tracing::warn!(error = %e, event = event.kind(), "audit event not recorded");
+        }
+    }
+
+    /// Record `event` in a task of its own, so the caller does not wait for the database.
+    pub fn spawn(&self, event: AuditEvent) {
+        let me = self.clone();
+        tokio::spawn(async move { me.record(&event).await });
+    }
+}
+
+/// The patient and study objects of one study of a transfer.
+pub fn patient_and_study(t: &db::audit::TransferredStudy) -> (Patient, Study) {
+    (
+        Patient {
+            id: t.patient_id.clone().unwrap_or_default(),
+            name: t.patient_name.clone(),
+        },
+        Study {
+            instance_uid: t.study_instance_uid.clone(),
+            sop_classes: t
+                .sop_classes
+                .iter()
+                .map(|(uid, n)| SopClassCount {
+                    uid: uid.clone(),
+                    instances: u32::try_from(*n).unwrap_or(u32::MAX),
+                })
+                .collect(),
+            accession_number: t.accession_number.clone(),
+        },
+    )
+}

@@ -164,3 +164,69 @@ pub async fn queued(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
         .fetch_one(db)
         .await
 }
+
+/// One study of a transfer, with the patient it belongs to: what an "instances transferred"
+/// audit message names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferredStudy {
+    pub study_instance_uid: String,
+    pub patient_id: Option<String>,
+    pub patient_name: Option<String>,
+    pub accession_number: Option<String>,
+    /// (SOP Class UID, instances) among `sop_instance_uids`.
+    pub sop_classes: Vec<(String, i64)>,
+}
+
+/// The studies (and their patients) of the received instances `sop_instance_uids`.
+pub async fn studies_of_instances<'e>(
+    db: impl PgExecutor<'e>,
+    sop_instance_uids: &[String],
+) -> Result<Vec<TransferredStudy>, sqlx::Error> {
+    type Row = (
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        i64,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT s.study_instance_uid, s.patient_id, s.patient_name, s.accession_number,
+                    i.sop_class_uid, count(*)
+             FROM instances i JOIN studies s USING (study_instance_uid)
+             WHERE i.sop_instance_uid = ANY($1)
+             GROUP BY 1, 2, 3, 4, 5
+             ORDER BY 1, 5",
+    )
+    .bind(sop_instance_uids)
+    .fetch_all(db)
+    .await?;
+    let mut out: Vec<TransferredStudy> = Vec::new();
+    for (study, patient_id, patient_name, accession, sop_class, n) in rows {
+        match out.last_mut() {
+            Some(last) if last.study_instance_uid == study => last.sop_classes.push((sop_class, n)),
+            _ => out.push(TransferredStudy {
+                study_instance_uid: study,
+                patient_id,
+                patient_name,
+                accession_number: accession,
+                sop_classes: vec![(sop_class, n)],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// The patient and accession of a study (for an SR sent or re-sent about it).
+pub async fn study_patient<'e>(
+    db: impl PgExecutor<'e>,
+    study_instance_uid: &str,
+) -> Result<Option<(Option<String>, Option<String>, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT patient_id, patient_name, accession_number FROM studies
+         WHERE study_instance_uid = $1",
+    )
+    .bind(study_instance_uid)
+    .fetch_optional(db)
+    .await
+}

@@ -22,6 +22,8 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
+use crate::audit::{self, AlertKind, AuditEvent, Auditor, NetworkAccessPoint, RemoteNode};
+use crate::db;
 use crate::db::instances::{self, Arrival, Recorded};
 use crate::dicom::guard::{self, GuardError, Walker};
 use crate::dicom::header::{self, HeaderError, InstanceHeader};
@@ -100,6 +102,37 @@ pub trait StoreHandler: Send + Sync + 'static {
     fn admits_associations(&self) -> bool {
         true
     }
+
+    /// An association ended after storing `transfer.instances` (audit: instances transferred).
+    /// Must not block.
+    fn association_ended(&self, transfer: Transfer) {
+        let _ = transfer;
+    }
+
+    /// A peer was refused before or at association (audit: security alert). Must not block.
+    fn peer_refused(&self, refused: RefusedPeer) {
+        let _ = refused;
+    }
+}
+
+/// What one association stored, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub peer: SocketAddr,
+    pub calling_ae_title: String,
+    pub called_ae_title: String,
+    /// SOP Instance UIDs stored (or already there) in it.
+    pub instances: Vec<String>,
+}
+
+/// A peer refused, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct RefusedPeer {
+    pub peer: SocketAddr,
+    /// Its calling AE title, when it got as far as an association request.
+    pub calling_ae_title: Option<String>,
+    /// Why (no patient data): a TLS error, an AE title not on the allow-list…
+    pub reason: String,
 }
 
 /// Counters of what was stored and refused, read by the metrics endpoint.
@@ -132,6 +165,8 @@ pub struct Ingest {
     pub stats: Arc<IngestStats>,
     /// The spool's disk space: above its watermark new associations are refused.
     space: Option<Arc<SpoolSpace>>,
+    /// The audit trail, when enabled: every transfer and refused peer is recorded.
+    auditor: Option<Auditor>,
 }
 
 /// A data set parsed and staged, not yet recorded.
@@ -159,12 +194,19 @@ impl Ingest {
             budget,
             stats: Arc::default(),
             space: None,
+            auditor: None,
         }
     }
 
     /// Cap the inflated size of deflated data sets (normally `[dicom] max_dataset_mb`).
     pub fn max_inflated_bytes(mut self, bytes: u64) -> Self {
         self.limits.max_inflated = bytes;
+        self
+    }
+
+    /// Record transfers and refused peers in the audit trail.
+    pub fn with_auditor(mut self, auditor: Option<Auditor>) -> Self {
+        self.auditor = auditor;
         self
     }
 
@@ -589,5 +631,57 @@ impl StoreHandler for Ingest {
 
     fn admits_associations(&self) -> bool {
         self.space.as_ref().is_none_or(|s| !s.over_watermark())
+    }
+
+    fn association_ended(&self, transfer: Transfer) {
+        let Some(auditor) = self.auditor.clone() else {
+            return;
+        };
+        if transfer.instances.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let studies =
+                match db::audit::studies_of_instances(auditor.pool(), &transfer.instances).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audit: cannot read the studies of a transfer");
+                        return;
+                    }
+                };
+            let peer = RemoteNode {
+                ae_title: Some(transfer.calling_ae_title.clone()),
+                access_point: NetworkAccessPoint::Ip(transfer.peer.ip()),
+            };
+            for study in &studies {
+                let (patient, study) = audit::patient_and_study(study);
+                let app = auditor.application(Some(&transfer.called_ae_title));
+                auditor
+                    .record(&AuditEvent::study_received(
+                        app,
+                        peer.clone(),
+                        patient,
+                        study,
+                    ))
+                    .await;
+            }
+        });
+    }
+
+    fn peer_refused(&self, refused: RefusedPeer) {
+        let Some(auditor) = &self.auditor else {
+            return;
+        };
+        let peer = RemoteNode {
+            ae_title: refused.calling_ae_title,
+            access_point: NetworkAccessPoint::Ip(refused.peer.ip()),
+        };
+        // the peer failed to authenticate: by certificate (TLS) or by AE title and address
+        auditor.spawn(AuditEvent::peer_refused(
+            AlertKind::NodeAuthentication,
+            auditor.application(None),
+            peer,
+            refused.reason,
+        ));
     }
 }

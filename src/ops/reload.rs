@@ -183,8 +183,9 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     spool.retention = running.spool.retention;
     spool.retention_interval = running.spool.retention_interval;
     let mut out = Vec::new();
-    let sections: [(&'static str, bool); 9] = [
+    let sections: [(&'static str, bool); 10] = [
         ("dicom", same(&running.dicom, &dicom)),
+        ("audit", same(&running.audit, &new.audit)),
         ("database", same(&running.database, &new.database)),
         ("spool.dir", same(&running.spool, &spool)),
         ("models", same(&running.models, &new.models)),

@@ -27,7 +27,11 @@ use crate::dicom::pdu::{PduError, PduStream};
 use crate::dicom::sop_classes;
 use crate::dicom::text::trim_value_lenient;
 use crate::ingest::budget::MemoryBudget;
-use crate::ingest::{DataSink, Outcome, Received, Refusal, StoreHandler};
+use crate::ingest::{DataSink, Outcome, Received, Refusal, StoreHandler, Transfer};
+
+/// Instances of one association named in its audit message; a longer association is audited
+/// for its first ones (a bound on what a peer can make us hold).
+const MAX_AUDITED_INSTANCES: usize = 100_000;
 use crate::tls::CertificateInfo;
 
 /// The DICOM application context (PS3.7 A.2.1).
@@ -232,11 +236,18 @@ where
         negotiated,
         message: None,
         stored: 0,
+        stored_uids: Vec::new(),
         stats,
         budget,
     };
     let end = session.run(pdus, handler, shutdown).await;
     let stored = session.stored;
+    handler.association_ended(Transfer {
+        peer,
+        calling_ae_title: session.calling_ae.clone(),
+        called_ae_title: session.called_ae.clone(),
+        instances: std::mem::take(&mut session.stored_uids),
+    });
     match end {
         End::Released => {
             let _ = pdus.write(&Pdu::ReleaseRP).await;
@@ -293,6 +304,8 @@ struct Session<'a, S> {
     negotiated: Negotiated,
     message: Option<Message<S>>,
     stored: u64,
+    /// The SOP Instance UIDs stored, for the audit trail (at most [`MAX_AUDITED_INSTANCES`]).
+    stored_uids: Vec<String>,
     stats: &'a ScpStats,
     budget: &'a Arc<MemoryBudget>,
 }
@@ -539,9 +552,13 @@ impl<K: DataSink> Session<'_, K> {
             (&self.calling_ae, &self.called_ae),
             self.peer,
         );
+        let sop_instance_uid = received.sop_instance_uid.clone();
         match handler.store(received, sink).await {
             Outcome::Stored | Outcome::Duplicate | Outcome::Restored => {
                 self.stored += 1;
+                if self.stored_uids.len() < MAX_AUDITED_INSTANCES {
+                    self.stored_uids.push(sop_instance_uid);
+                }
                 Response::to(&command, status::SUCCESS)
             }
             Outcome::Refused { reason, detail } => {

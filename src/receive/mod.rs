@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJSource, Pdu,
+    AssociationRJServiceUserReason, AssociationRJSource, Pdu,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,8 +25,8 @@ use tracing::Instrument;
 use crate::config::DicomConfig;
 use crate::dicom::ae::{AeTitle, AllowedPeer, canonical_ip};
 use crate::dicom::pdu::{self, PduStream};
-use crate::ingest::StoreHandler;
 use crate::ingest::budget::{Grant, MemoryBudget};
+use crate::ingest::{RefusedPeer, StoreHandler};
 use crate::tls::{self, CertificateInfo};
 
 /// What the association layer needs to know; built from `[dicom]`. The accept loop reads the
@@ -282,6 +282,11 @@ impl<H: StoreHandler> Connection<H> {
             .associations_not_established
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(reason = %reason, "TLS handshake failed: connection refused");
+        self.handler.peer_refused(RefusedPeer {
+            peer: self.peer,
+            calling_ae_title: None,
+            reason: format!("TLS handshake failed: {reason}"),
+        });
     }
 
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
@@ -324,6 +329,23 @@ impl<H: StoreHandler> Connection<H> {
                         tls_client = ?certificate.as_ref().map(|c| &c.subject),
                         "association not established"
                     );
+                    if rj.source
+                        == AssociationRJSource::ServiceUser(
+                            AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+                        )
+                    {
+                        self.handler.peer_refused(RefusedPeer {
+                            peer: self.peer,
+                            calling_ae_title: Some(rq.calling_ae_title.trim().to_string()),
+                            reason: match &certificate {
+                                Some(c) => format!(
+                                    "calling AE title not recognized (TLS client certificate {})",
+                                    c.subject
+                                ),
+                                None => "calling AE title not recognized".to_string(),
+                            },
+                        });
+                    }
                     let _ = pdus.write(&Pdu::AssociationRJ(rj)).await;
                     pdus.shutdown().await;
                     return;

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::audit::{self, AuditEvent, Auditor, NetworkAccessPoint, RemoteNode};
 use crate::backoff::{Backoff, Failures};
 use crate::config::{Config, Destination, ReportConfig};
 use crate::db;
@@ -98,6 +99,8 @@ pub struct OutboxSettings {
     pub poll_interval: Duration,
     /// Rows claimed and sent at once by one loop.
     pub max_concurrent_sends: usize,
+    /// The audit trail, when enabled: every delivered object is recorded.
+    pub auditor: Option<Auditor>,
 }
 
 impl OutboxSettings {
@@ -122,6 +125,7 @@ impl OutboxSettings {
             },
             poll_interval: report.poll_interval,
             max_concurrent_sends: report.max_concurrent_sends,
+            auditor: None,
         }
     }
 
@@ -368,6 +372,9 @@ async fn deliver(
         }
     };
     log_outcome(&row, &outcome);
+    if let (Outcome::Sent(_), Some(auditor), Some(dest)) = (&outcome, &settings.auditor, dest) {
+        audit_sent(auditor, &row, dest).await;
+    }
     if let Some(m) = metrics {
         m.attempt(&row.destination_name, outcome.name());
     }
@@ -375,6 +382,38 @@ async fn deliver(
         // the lease expires and another attempt follows
         tracing::warn!(error = %e, "outbox: cannot record the attempt");
     }
+}
+
+/// Record "DICOM instances transferred" (sent) for a delivered object.
+async fn audit_sent(auditor: &Auditor, row: &OutboxRow, dest: &Destination) {
+    let (patient_id, patient_name, accession) =
+        match db::audit::study_patient(auditor.pool(), &row.study_instance_uid).await {
+            Ok(Some(p)) => p,
+            Ok(None) => (None, None, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit: cannot read the study of a sent object");
+                return;
+            }
+        };
+    let study = db::audit::TransferredStudy {
+        study_instance_uid: row.study_instance_uid.clone(),
+        patient_id,
+        patient_name,
+        accession_number: accession,
+        sop_classes: vec![(row.sop_class_uid.clone(), 1)],
+    };
+    let (patient, study) = audit::patient_and_study(&study);
+    let destination = RemoteNode {
+        ae_title: Some(dest.ae_title.as_str().to_string()),
+        access_point: dest.host.parse().map_or_else(
+            |_| NetworkAccessPoint::Name(dest.host.clone()),
+            NetworkAccessPoint::Ip,
+        ),
+    };
+    let app = auditor.application(Some(dest.calling_ae_title.as_str()));
+    auditor
+        .record(&AuditEvent::sr_sent(app, destination, patient, study))
+        .await;
 }
 
 fn classify(result: Result<Delivered, SendError>, attempts: u32, retry: &RetryPolicy) -> Outcome {
