@@ -45,6 +45,33 @@ impl Orthanc {
     /// C-STOREs from `ae` on 127.0.0.1 only, and sends to it with `POST /modalities/cxr/store`
     /// ([`Orthanc::push`]).
     pub fn start_with_peer(dicom: PortReservation, ae: &str, peer_port: u16) -> Self {
+        Self::launch(dicom, serde_json::json!([ae, "127.0.0.1", peer_port]), None)
+    }
+
+    /// Orthanc with DICOM TLS (`DicomTlsEnabled`, Orthanc 1.9+): its DICOM server speaks TLS only,
+    /// with `certificate` and `key` (PEM, also its client certificate), trusting the CAs in
+    /// `trusted` and requiring a client certificate; cxr-worker is registered with
+    /// `UseDicomTls` at its TLS listener, `peer_tls_port`.
+    pub fn start_tls(
+        dicom: PortReservation,
+        ae: &str,
+        peer_tls_port: u16,
+        [certificate, key, trusted]: [&Path; 3],
+    ) -> Self {
+        let modality = serde_json::json!({
+            "AET": ae, "Host": "127.0.0.1", "Port": peer_tls_port, "UseDicomTls": true
+        });
+        let tls = serde_json::json!({
+            "DicomTlsEnabled": true,
+            "DicomTlsCertificate": certificate.display().to_string(),
+            "DicomTlsPrivateKey": key.display().to_string(),
+            "DicomTlsTrustedCertificates": trusted.display().to_string(),
+            "DicomTlsRemoteCertificateRequired": true,
+        });
+        Self::launch(dicom, modality, Some(tls))
+    }
+
+    fn launch(dicom: PortReservation, modality: Value, extra: Option<Value>) -> Self {
         let dir = tempfile::tempdir().unwrap().keep();
         let http = reserve_port();
         let (dicom_port, http_port) = (dicom.port(), http.port());
@@ -55,8 +82,12 @@ impl Orthanc {
         config["IndexDirectory"] = storage.display().to_string().into();
         config["HttpPort"] = http_port.into();
         config["DicomPort"] = dicom_port.into();
-        config["DicomModalities"] =
-            serde_json::json!({ CXR_MODALITY: [ae, "127.0.0.1", peer_port] });
+        config["DicomModalities"] = serde_json::json!({ CXR_MODALITY: modality });
+        if let Some(Value::Object(extra)) = extra {
+            for (k, v) in extra {
+                config[k.as_str()] = v;
+            }
+        }
         let config_path = dir.join("orthanc.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let mut o = Self {
