@@ -558,3 +558,129 @@ async fn a_study_received_over_tls_is_reported_over_tls() {
     }
     assert_eq!(pacs.files().len(), 1, "{}", pacs.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_only_the_plain_listener_off() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sections = format!(
+        "[study]\nworkers = 0\n\n[dicom.tls]\nlisten = \"127.0.0.1:0\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\nca_file = \"{}\"\n",
+        pem("server.crt"),
+        pem("server.key"),
+        pem("ca.crt")
+    );
+    let path = write_config_with(&dir, &db.url, "", &sections);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("listen = \"127.0.0.1:0\"", "listen = \"off\"", 1),
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    assert!(config.dicom.listen.is_none());
+    let daemon = cxr_worker::daemon::Daemon::build(config)
+        .await
+        .unwrap()
+        .expect("not shut down");
+    assert!(daemon.dicom_addr().is_none(), "no plain listener");
+    let tls = daemon.tls_addr().expect("the TLS listener");
+    let stop = daemon.shutdown_token();
+    let running = tokio::spawn(daemon.run());
+    let echo = tokio::task::spawn_blocking(move || echo_tls(tls.port(), Some("modality"), "MOD"))
+        .await
+        .unwrap();
+    assert!(echo.status.success(), "{}", text_of(&echo));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("drains")
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn serve_refuses_to_start_without_its_key_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[database]\nurl = \"postgres://u@127.0.0.1:1/db\"\n[spool]\ndir = \"{}\"\n[dicom]\nallow_any_calling_ae = true\n[dicom.tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\nca_file = \"{}\"\n",
+        dir.path().display(),
+        pem("server.crt"),
+        dir.path().join("gone.key").display(),
+        pem("ca.crt")
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cxr-worker"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let out = text_of(&o);
+    assert!(
+        out.contains("dicom.tls.private_key") && out.contains("gone.key"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_failure_waits_in_the_outbox_with_its_reason_until_a_reload_fixes_it() {
+    let db = TestDb::create().await;
+    let pacs = storescp_tls(&["-vc"]);
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sections = format!(
+        "{}tls = true\nca_file = \"{}\"\n",
+        analysis_sections(pacs.port),
+        pem("rogue-ca.crt")
+    );
+    let config = write_config_with(&dir, &db.url, "", &sections);
+    let d = Daemon::start_with(dir, config.clone());
+    let acks = pynetdicom_send(&d, "MODALITY", 1, &[fixture("RG1_UNCR.dcm")]);
+    assert!(acks.iter().all(|a| a.status == 0), "{acks:?}");
+    let pool = db.pool().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let error = loop {
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT state, last_error FROM outbox WHERE attempts >= 1 AND last_error IS NOT NULL",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some((state, Some(error))) = row {
+            assert_ne!(state, "failed", "a TLS failure is retried");
+            break error;
+        }
+        assert!(Instant::now() < deadline, "no attempt:\n{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        error.contains("TLS with 127.0.0.1") && error.contains("UnknownIssuer"),
+        "{error}"
+    );
+    assert!(pacs.files().is_empty());
+
+    // the right CA, a reload: what waited is delivered
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("rogue-ca.crt", "ca.crt")).unwrap();
+    let mark = d.log_len();
+    d.signal(libc::SIGHUP);
+    d.wait_log("destinations", mark, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state = 'sent'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if sent == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not sent after the reload:\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pacs.files().len(), 1, "{}", pacs.log());
+}
