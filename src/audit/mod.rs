@@ -208,3 +208,66 @@ pub fn patient_and_study(t: &db::audit::TransferredStudy) -> (Patient, Study) {
         },
     )
 }
+
+/// A cap on how many events of one kind are recorded per window, so a flood (thousands of
+/// refused connections a minute) cannot fill the queue: beyond the cap events are counted, and
+/// the count is reported with the next event recorded.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_window: u32,
+    window: std::time::Duration,
+    /// Window start, events recorded in it, events dropped since the last recorded one.
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl RateLimit {
+    /// At most `per_window` events per `window`.
+    pub fn new(per_window: u32, window: std::time::Duration) -> Self {
+        Self {
+            per_window,
+            window,
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(dropped)` when an event at `now` may be recorded (`dropped`: how many were not
+    /// since the last recorded one); `None` when it is dropped.
+    pub fn admit(&self, now: std::time::Instant) -> Option<u64> {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now.duration_since(s.0) >= self.window {
+            s.0 = now;
+            s.1 = 0;
+        }
+        if s.1 >= self.per_window {
+            s.2 += 1;
+            return None;
+        }
+        s.1 += 1;
+        Some(std::mem::take(&mut s.2))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+mod rate_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_flood_is_capped_and_counted() {
+        let limit = RateLimit::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(limit.admit(t0), Some(0));
+        assert_eq!(limit.admit(t0), Some(0));
+        for _ in 0..5 {
+            assert_eq!(limit.admit(t0), None);
+        }
+        // the next window: the first event carries the count of the dropped ones
+        let t1 = t0 + Duration::from_secs(61);
+        assert_eq!(limit.admit(t1), Some(5));
+        assert_eq!(limit.admit(t1), Some(0));
+    }
+}

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use rustls::ClientConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::TlsConnector;
@@ -25,6 +24,7 @@ use tokio_rustls::client::TlsStream;
 use super::AuditError;
 use super::syslog::{fit_datagram, octet_frame};
 use crate::config::{AuditConfig, AuditTlsFiles, SyslogTransport};
+use crate::tls;
 
 /// Time limit of a TCP connect, a TLS handshake, and each write to the collector.
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,41 +95,25 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, AuditError> {
 /// A TLS client configuration (ring provider, TLS 1.2 and 1.3) trusting the CAs in
 /// `files.ca_file`, presenting `files.client` when set.
 pub fn client_config(files: &AuditTlsFiles) -> Result<Arc<ClientConfig>, AuditError> {
-    let tls_err = |path: &Path, e: &dyn std::fmt::Display| AuditError::ReadTlsFile {
-        path: path.to_path_buf(),
+    // the same BCP 195 profile and file checks as DICOM TLS (crate::tls)
+    let anchors = tls::Anchors::load(&files.ca_file).map_err(|e| AuditError::ReadTlsFile {
+        path: files.ca_file.clone(),
         message: e.to_string(),
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        CertificateDer::pem_file_iter(&files.ca_file).map_err(|e| tls_err(&files.ca_file, &e))?
-    {
-        let cert = cert.map_err(|e| tls_err(&files.ca_file, &e))?;
-        roots.add(cert).map_err(|e| tls_err(&files.ca_file, &e))?;
-    }
-    if roots.is_empty() {
-        return Err(tls_err(&files.ca_file, &"holds no certificate"));
-    }
-    let builder =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| AuditError::TlsConfig {
+    })?;
+    let identity = match &files.client {
+        None => None,
+        Some((cert_file, key_file)) => Some(tls::Identity::load(cert_file, key_file).map_err(
+            |e| AuditError::ReadTlsFile {
+                path: cert_file.clone(),
                 message: e.to_string(),
-            })?
-            .with_root_certificates(roots);
-    let config = match &files.client {
-        None => builder.with_no_client_auth(),
-        Some((cert_file, key_file)) => {
-            let chain = CertificateDer::pem_file_iter(cert_file)
-                .map_err(|e| tls_err(cert_file, &e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| tls_err(cert_file, &e))?;
-            let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| tls_err(key_file, &e))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| tls_err(cert_file, &e))?
-        }
+            },
+        )?),
     };
-    Ok(Arc::new(config))
+    tls::client_config(&tls::ServerCheck::Hostname(anchors), identity.as_ref()).map_err(|e| {
+        AuditError::TlsConfig {
+            message: e.to_string(),
+        }
+    })
 }
 
 /// A batch's result: how many of the messages (a prefix, in order) were delivered, and the

@@ -223,6 +223,20 @@ fn tls_files(
             ));
         }
     };
+    // read and checked now, so a bad file stops start-up (or a reload) naming its key, instead
+    // of the sender failing later
+    crate::tls::Anchors::load(&ca_file).map_err(|e| invalid("audit.ca_file", e.to_string()))?;
+    if let Some((cert, key)) = &client {
+        crate::tls::Identity::load(cert, key).map_err(|e| {
+            let named = match &e {
+                crate::tls::TlsError::NoCertificate { .. }
+                | crate::tls::TlsError::BadCertificate { .. } => "audit.certificate",
+                crate::tls::TlsError::Read { path, .. } if path == cert => "audit.certificate",
+                _ => "audit.private_key",
+            };
+            invalid(named, e.to_string())
+        })?;
+    }
     Ok(Some(AuditTlsFiles { ca_file, client }))
 }
 
@@ -339,6 +353,34 @@ mod tests {
             let err = raw(text).validate(dir.path()).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+        // a CA file that holds no certificate is refused naming the key, a real one is taken
+        let err = raw("enabled = true\nsyslog = \"tls://collector:6514\"\nca_file = \"ca.pem\"")
+            .validate(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("audit.ca_file") && err.contains("no usable PEM certificate"),
+            "{err}"
+        );
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=audit CA",
+            ])
+            .arg("-keyout")
+            .arg(dir.path().join("ca.key"))
+            .arg("-out")
+            .arg(&ca)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "openssl: {made:?}");
         let ok = raw("enabled = true\nsyslog = \"tls://collector:6514\"\nca_file = \"ca.pem\"")
             .validate(dir.path())
             .unwrap();

@@ -26,6 +26,9 @@ pub struct Snapshot {
     /// Instances whose file is in the spool (not removed by retention), and their bytes.
     pub spool_instances: i64,
     pub spool_bytes: i64,
+    /// Audit messages waiting for their collector or file, and the age of the oldest, in seconds.
+    pub audit_queued: i64,
+    pub audit_oldest_age_secs: f64,
 }
 
 const OUTBOX_STATES: [&str; 4] = ["queued", "sending", "sent", "failed"];
@@ -61,6 +64,12 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
     )
     .fetch_one(pool)
     .await?;
+    let (audit_queued, audit_oldest_age_secs): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+         FROM audit_queue",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(Snapshot {
         jobs,
         queue_depth,
@@ -70,6 +79,8 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
         outbox_oldest_age_secs,
         spool_instances,
         spool_bytes,
+        audit_queued,
+        audit_oldest_age_secs,
     })
 }
 

@@ -22,7 +22,9 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
-use crate::audit::{self, AlertKind, AuditEvent, Auditor, NetworkAccessPoint, RemoteNode};
+use crate::audit::{
+    self, AlertKind, AuditEvent, Auditor, NetworkAccessPoint, RateLimit, RemoteNode,
+};
 use crate::db;
 use crate::db::instances::{self, Arrival, Recorded};
 use crate::dicom::guard::{self, GuardError, Walker};
@@ -167,7 +169,13 @@ pub struct Ingest {
     space: Option<Arc<SpoolSpace>>,
     /// The audit trail, when enabled: every transfer and refused peer is recorded.
     auditor: Option<Auditor>,
+    /// Security alerts recorded per minute at most (a flood of refused connections).
+    alerts: Arc<RateLimit>,
 }
+
+/// Security alerts for refused peers recorded per minute at most; the rest are counted in the
+/// next one.
+pub const ALERTS_PER_MINUTE: u32 = 60;
 
 /// A data set parsed and staged, not yet recorded.
 struct Prepared {
@@ -195,6 +203,10 @@ impl Ingest {
             stats: Arc::default(),
             space: None,
             auditor: None,
+            alerts: Arc::new(RateLimit::new(
+                ALERTS_PER_MINUTE,
+                std::time::Duration::from_secs(60),
+            )),
         }
     }
 
@@ -672,6 +684,15 @@ impl StoreHandler for Ingest {
         let Some(auditor) = &self.auditor else {
             return;
         };
+        let reason = match self.alerts.admit(std::time::Instant::now()) {
+            None => return,
+            Some(0) => refused.reason,
+            Some(n) => format!(
+                "{} ({n} earlier refusals not recorded one by one: more than \
+                 {ALERTS_PER_MINUTE} a minute)",
+                refused.reason
+            ),
+        };
         let peer = RemoteNode {
             ae_title: refused.calling_ae_title,
             access_point: NetworkAccessPoint::Ip(refused.peer.ip()),
@@ -681,7 +702,7 @@ impl StoreHandler for Ingest {
             AlertKind::NodeAuthentication,
             auditor.application(None),
             peer,
-            refused.reason,
+            reason,
         ));
     }
 }

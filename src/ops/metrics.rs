@@ -557,6 +557,20 @@ impl Collector for SnapshotCollector {
             "Bytes of the instance files in the spool",
             Some(&Unit::Bytes),
             s.spool_bytes,
+        )?;
+        gauge(
+            &mut e,
+            "audit_queued",
+            "Audit messages waiting for their syslog collector or file",
+            None,
+            s.audit_queued,
+        )?;
+        gauge(
+            &mut e,
+            "audit_oldest_age",
+            "Age of the oldest audit message not yet delivered",
+            Some(&Unit::Seconds),
+            s.audit_oldest_age_secs,
         )
     }
 }
@@ -588,6 +602,8 @@ mod tests {
             queue_depth: 0,
             spool_instances: 1,
             spool_bytes: 1234,
+            audit_queued: 3,
+            audit_oldest_age_secs: 1.5,
             ..Snapshot::default()
         };
         let text = m.render(Some(&snapshot)).unwrap();
