@@ -278,6 +278,7 @@ fn check_config(config: &std::path::Path, offline: bool) -> anyhow::Result<ExitC
         }
     };
     let mut checks = vec![check::config_summary(config, &cfg)];
+    checks.extend(check::check_certificates(&cfg));
     if !offline {
         checks.extend(check::check_models(&cfg));
         let runtime = tokio::runtime::Builder::new_current_thread()

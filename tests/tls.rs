@@ -77,6 +77,28 @@ fn echo_tls(port: u16, client: Option<&str>, calling: &str) -> Output {
     run("echoscu", &args)
 }
 
+/// `storescu` over TLS as `MOD` with the modality's certificate: one chest CR.
+fn store_tls(port: u16) -> Output {
+    let file = fixture("RG1_UNCR.dcm").display().to_string();
+    let (key, crt, ca) = (pem("modality.key"), pem("modality.crt"), pem("ca.crt"));
+    let p = port.to_string();
+    let args = [
+        "-aet",
+        "MOD",
+        "-aec",
+        AE,
+        "+tls",
+        &key,
+        &crt,
+        "+cf",
+        &ca,
+        "127.0.0.1",
+        &p,
+        &file,
+    ];
+    run("storescu", &args)
+}
+
 /// `openssl s_client` with the given protocol switch and the modality's certificate.
 fn s_client(port: u16, protocol: &[&str]) -> Output {
     let connect = format!("127.0.0.1:{port}");
@@ -116,27 +138,9 @@ async fn dcmtk_with_a_trusted_certificate_is_accepted_and_every_bad_peer_refused
     // a trusted client: C-ECHO and a C-STORE over TLS, stored like any other
     let ok = echo_tls(port, Some("modality"), "MOD");
     assert!(ok.status.success(), "echoscu +tls: {}", text(&ok));
-    let file = fixture("RG1_UNCR.dcm").display().to_string();
-    let (key, crt, ca) = (pem("modality.key"), pem("modality.crt"), pem("ca.crt"));
-    let p = port.to_string();
-    let store = run(
-        "storescu",
-        &[
-            "-aet",
-            "MOD",
-            "-aec",
-            AE,
-            "+tls",
-            &key,
-            &crt,
-            "+cf",
-            &ca,
-            "127.0.0.1",
-            &p,
-            &file,
-        ],
-    );
+    let store = store_tls(port);
     assert!(store.status.success(), "storescu +tls: {}", text(&store));
+    let p = port.to_string();
     let pool = db.pool().await;
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM instances WHERE calling_ae_title = 'MOD'")
@@ -415,10 +419,11 @@ fn destination(port: u16, tls_lines: &str) -> cxr_worker::config::Destination {
     c.destinations[0].clone()
 }
 
+/// Generous: the tests beside these run the models on the same two cores.
 fn opts() -> ScuOptions {
     ScuOptions {
-        connect_timeout: Duration::from_secs(5),
-        dimse_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
+        dimse_timeout: Duration::from_secs(60),
         ..ScuOptions::default()
     }
 }
@@ -517,26 +522,7 @@ async fn a_study_received_over_tls_is_reported_over_tls() {
     let line = d.wait_log("listening (DICOM TLS)", 0, Duration::from_secs(10));
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let tls: std::net::SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
-    let file = fixture("RG1_UNCR.dcm").display().to_string();
-    let (key, crt, ca) = (pem("modality.key"), pem("modality.crt"), pem("ca.crt"));
-    let p = tls.port().to_string();
-    let store = run(
-        "storescu",
-        &[
-            "-aet",
-            "MOD",
-            "-aec",
-            AE,
-            "+tls",
-            &key,
-            &crt,
-            "+cf",
-            &ca,
-            "127.0.0.1",
-            &p,
-            &file,
-        ],
-    );
+    let store = store_tls(tls.port());
     assert!(store.status.success(), "{}", text(&store));
     let pool = db.pool().await;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -683,4 +669,43 @@ async fn a_tls_failure_waits_in_the_outbox_with_its_reason_until_a_reload_fixes_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(pacs.files().len(), 1, "{}", pacs.log());
+}
+
+#[test]
+fn check_config_shows_each_certificate_and_fails_an_expired_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = |server: &str| {
+        format!(
+            "[database]\nurl = \"postgres://u@127.0.0.1:1/db\"\n[spool]\ndir = \"{}\"\n[dicom]\nallow_any_calling_ae = true\n[dicom.tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\nca_file = \"{}\"\n",
+            dir.path().display(),
+            pem(&format!("{server}.crt")),
+            pem(&format!("{server}.key")),
+            pem("ca.crt")
+        )
+    };
+    let check = |server: &str| {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text(server)).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_cxr-worker"))
+            .args(["check-config", "--offline", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (o.status.success(), text_of(&o))
+    };
+    let (ok, out) = check("server");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("OK      dicom.tls.certificate: CN=cxr-worker.example.org")
+            && out.contains("valid for")
+            && out.contains("OK      dicom.tls.ca_file: CN=cxr-worker test CA"),
+        "{out}"
+    );
+    let (ok, out) = check("soon");
+    assert!(ok && out.contains("WARNING: expires in"), "{out}");
+    let (ok, out) = check("expired");
+    assert!(
+        !ok && out.contains("FAILED  dicom.tls.certificate") && out.contains("expired"),
+        "{out}"
+    );
 }

@@ -1,7 +1,8 @@
 //! `cxr-worker check-config`: each check the daemon's start-up depends on, reported OK or FAILED
 //! with the configuration key it concerns: the file itself, the ONNX Runtime library and the two
-//! models (present, loadable, conforming to the contract), and the database (reachable within a
-//! short timeout, migrations applied).
+//! models (present, loadable, conforming to the contract), the TLS certificates (not expired;
+//! a warning within 30 days), and the database (reachable within a short timeout, migrations
+//! applied).
 
 use std::io::Write;
 use std::path::Path;
@@ -43,6 +44,40 @@ impl Check {
             detail: detail.into(),
         }
     }
+}
+
+/// One line per TLS certificate in use (`[dicom.tls]`, destinations): its subject and the days
+/// left; FAILED once expired, a warning in the detail within 30 days.
+pub fn check_certificates(cfg: &Config) -> Vec<Check> {
+    use crate::ops::certificates::{Certificates, WARN_BEFORE, unix_now};
+    let now = unix_now();
+    Certificates::of(cfg)
+        .list()
+        .into_iter()
+        .map(|t| {
+            let left = t.info.seconds_left(now);
+            let days = left / 86_400;
+            if left <= 0 {
+                Check::failed(
+                    &t.key,
+                    format!("{}: expired {} day(s) ago", t.info.subject, -days),
+                )
+            } else if left <= WARN_BEFORE.as_secs() as i64 {
+                Check::ok(
+                    &t.key,
+                    format!(
+                        "{}: WARNING: expires in {days} day(s): renew it",
+                        t.info.subject
+                    ),
+                )
+            } else {
+                Check::ok(
+                    &t.key,
+                    format!("{}: valid for {days} more day(s)", t.info.subject),
+                )
+            }
+        })
+        .collect()
 }
 
 /// The configuration summary, always OK once the file parsed and validated.

@@ -250,6 +250,43 @@ impl RateLimit {
     }
 }
 
+/// A destination (or any node we call) as a participant: its AE title, and its host as an IP
+/// address when it is one, else as a name.
+pub fn node_at(ae_title: &str, host: &str) -> RemoteNode {
+    RemoteNode {
+        ae_title: Some(ae_title.to_string()),
+        access_point: host.parse().map_or_else(
+            |_| NetworkAccessPoint::Name(host.to_string()),
+            NetworkAccessPoint::Ip,
+        ),
+    }
+}
+
+/// The patient and study objects for one object of `sop_class_uid` about `study_uid`, patient
+/// and accession read from the database; `None` (logged) when it cannot be read.
+pub async fn one_object_of_study(
+    pool: &PgPool,
+    study_uid: &str,
+    sop_class_uid: &str,
+) -> Option<(Patient, Study)> {
+    let (patient_id, patient_name, accession_number) =
+        match db::audit::study_patient(pool, study_uid).await {
+            Ok(Some(p)) => p,
+            Ok(None) => (None, None, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit: cannot read the study of an event");
+                return None;
+            }
+        };
+    Some(patient_and_study(&db::audit::TransferredStudy {
+        study_instance_uid: study_uid.to_string(),
+        patient_id,
+        patient_name,
+        accession_number,
+        sop_classes: vec![(sop_class_uid.to_string(), 1)],
+    }))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 mod rate_tests {

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::audit::{self, AuditEvent, Auditor, NetworkAccessPoint, RemoteNode};
+use crate::audit::{self, AuditEvent, Auditor};
 use crate::backoff::{Backoff, Failures};
 use crate::config::{Config, Destination, ReportConfig};
 use crate::db;
@@ -386,30 +386,13 @@ async fn deliver(
 
 /// Record "DICOM instances transferred" (sent) for a delivered object.
 async fn audit_sent(auditor: &Auditor, row: &OutboxRow, dest: &Destination) {
-    let (patient_id, patient_name, accession) =
-        match db::audit::study_patient(auditor.pool(), &row.study_instance_uid).await {
-            Ok(Some(p)) => p,
-            Ok(None) => (None, None, None),
-            Err(e) => {
-                tracing::warn!(error = %e, "audit: cannot read the study of a sent object");
-                return;
-            }
-        };
-    let study = db::audit::TransferredStudy {
-        study_instance_uid: row.study_instance_uid.clone(),
-        patient_id,
-        patient_name,
-        accession_number: accession,
-        sop_classes: vec![(row.sop_class_uid.clone(), 1)],
+    let Some((patient, study)) =
+        audit::one_object_of_study(auditor.pool(), &row.study_instance_uid, &row.sop_class_uid)
+            .await
+    else {
+        return;
     };
-    let (patient, study) = audit::patient_and_study(&study);
-    let destination = RemoteNode {
-        ae_title: Some(dest.ae_title.as_str().to_string()),
-        access_point: dest.host.parse().map_or_else(
-            |_| NetworkAccessPoint::Name(dest.host.clone()),
-            NetworkAccessPoint::Ip,
-        ),
-    };
+    let destination = audit::node_at(dest.ae_title.as_str(), &dest.host);
     let app = auditor.application(Some(dest.calling_ae_title.as_str()));
     auditor
         .record(&AuditEvent::sr_sent(app, destination, patient, study))
