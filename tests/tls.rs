@@ -709,3 +709,37 @@ fn check_config_shows_each_certificate_and_fails_an_expired_one() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn optional_client_certificates_are_verified_when_presented() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sections = format!(
+        "[study]\nworkers = 0\n\n[dicom.tls]\nlisten = \"127.0.0.1:0\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\nca_file = \"{}\"\nrequire_client_certificate = false\n",
+        pem("server.crt"),
+        pem("server.key"),
+        pem("ca.crt")
+    );
+    let d = Daemon::start_with(dir.clone(), write_config_with(&dir, &db.url, "", &sections));
+    let line = d.wait_log("listening (DICOM TLS)", 0, Duration::from_secs(10));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let port = v["addr"]
+        .as_str()
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    let anonymous = echo_tls(port, None, "ANY");
+    assert!(
+        anonymous.status.success(),
+        "no certificate: {}",
+        text(&anonymous)
+    );
+    let trusted = echo_tls(port, Some("modality"), "ANY");
+    assert!(trusted.status.success(), "{}", text(&trusted));
+    let rogue = echo_tls(port, Some("rogue"), "ANY");
+    assert!(
+        !rogue.status.success(),
+        "a certificate presented is still verified"
+    );
+}
