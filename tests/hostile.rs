@@ -288,6 +288,10 @@ async fn crafted_messages_cannot_take_the_daemon_down() {
         "the forged AE title, escaped:\n{log}"
     );
     drop(t.pacs);
+    // passed: the spool (with the 400 MiB instance) need not outlive the test
+    let dir = t.dir.clone();
+    drop(t.d);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Connect from `source` (another loopback address: another host to the daemon).
