@@ -275,3 +275,51 @@ async fn a_study_with_leading_zero_uids_gets_its_sr() {
         "the SR references the image as received"
     );
 }
+
+/// Chest films stored as Secondary Capture (digitised films, datasets such as SIIM's): refused at
+/// negotiation by default, analysed and reported once `accepted_sop_classes` lists SC.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secondary_capture_chest_film_is_analysed_when_sc_is_configured() {
+    let siim = fixture("siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm");
+    let pacs = StoreScp::start();
+
+    // the default: CR and DX only
+    let db = TestDb::create().await;
+    let d = start(&db, &pacs);
+    let acks = pynetdicom_send(&d, "MODALITY", 1, std::slice::from_ref(&siim));
+    assert_eq!(acks[0].status, -1, "SC refused by default: {acks:?}");
+    drop(d);
+
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sc = r#"accepted_sop_classes = ["1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.7"]"#;
+    let config = write_config_with(&dir, &db.url, sc, &analysis_sections(pacs.port));
+    let d = Daemon::start_with(dir, config);
+    let acks = pynetdicom_send(&d, "MODALITY", 1, std::slice::from_ref(&siim));
+    assert_eq!(acks[0].status, 0, "{acks:?}");
+    let pool = db.pool().await;
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM outbox WHERE state = 'sent'",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    let (state, trained): (String, Option<bool>) = sqlx::query_as(
+        "SELECT i.state, a.trained FROM instances i LEFT JOIN analyses a USING (sop_instance_uid)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "analysed", "{}", d.log_text());
+    assert_eq!(trained, Some(false));
+    // its SR passes the validators and names the SC image as its source
+    let srs = pacs.files();
+    assert_eq!(srs.len(), 1);
+    let v = validate(&srs[0]);
+    assert_eq!(
+        v["study_instance_uid"].as_str(),
+        Some(dicom_field(&siim, "0020,000d").as_str()),
+        "{v}"
+    );
+}

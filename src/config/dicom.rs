@@ -240,11 +240,13 @@ fn total_and_per_host(
     Ok((total as usize, per_host as usize))
 }
 
-/// `accepted_sop_classes`: the storage classes this worker supports (all of them by default).
+/// `accepted_sop_classes`: storage classes this worker supports (by default CR and DX; Secondary
+/// Capture only when listed).
 fn accepted_sop_classes(configured: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
     match configured {
         None => Ok(sop_classes::STORAGE
             .iter()
+            .filter(|c| c.by_default)
             .map(|c| c.uid.to_string())
             .collect()),
         Some(list) => {

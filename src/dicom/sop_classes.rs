@@ -9,6 +9,10 @@ use dicom_dictionary_std::uids;
 pub struct StorageClass {
     pub uid: &'static str,
     pub name: &'static str,
+    /// Accepted unless `[dicom] accepted_sop_classes` says otherwise. Secondary Capture is not:
+    /// most SC objects are screen captures or scanned documents, not radiographs; a site turns it
+    /// on for digitised films and datasets stored as SC.
+    pub by_default: bool,
 }
 
 /// The storage SOP classes accepted by default: the chest radiograph image classes.
@@ -16,14 +20,22 @@ pub const STORAGE: &[StorageClass] = &[
     StorageClass {
         uid: uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE,
         name: "Computed Radiography Image Storage",
+        by_default: true,
     },
     StorageClass {
         uid: uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
         name: "Digital X-Ray Image Storage - For Presentation",
+        by_default: true,
     },
     StorageClass {
         uid: uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PROCESSING,
         name: "Digital X-Ray Image Storage - For Processing",
+        by_default: true,
+    },
+    StorageClass {
+        uid: uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+        name: "Secondary Capture Image Storage",
+        by_default: false,
     },
 ];
 
