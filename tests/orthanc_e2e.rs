@@ -22,7 +22,12 @@ use sqlx::PgPool;
 
 /// The daemon's config: Orthanc as the only peer allowed to send (by AE title and address) and
 /// the only destination; a short quiet period, lease and retry delays so that the file runs fast.
-fn daemon_config(dir: &Path, db_url: &str, orthanc_port: u16, study: &str) -> PathBuf {
+fn daemon_config(
+    dir: &Path,
+    db_url: &str,
+    orthanc_port: u16,
+    (study, dicom_extra): (&str, &str),
+) -> PathBuf {
     let sections = format!(
         r#"
 [study]
@@ -42,7 +47,7 @@ host = "127.0.0.1"
 port = {orthanc_port}
 "#
     );
-    let dicom = format!("allowed_calling_ae_titles = [\"{ORTHANC_AET}@127.0.0.1\"]");
+    let dicom = format!("allowed_calling_ae_titles = [\"{ORTHANC_AET}@127.0.0.1\"]\n{dicom_extra}");
     write_config_with(dir, db_url, &dicom, &sections)
 }
 
@@ -57,12 +62,17 @@ struct Site {
 
 impl Site {
     async fn start(study: &str) -> Self {
+        Self::start_with(study, "").await
+    }
+
+    /// With `dicom_extra` lines in the daemon's `[dicom]` section.
+    async fn start_with(study: &str, dicom_extra: &str) -> Self {
         let db = TestDb::create().await;
         let pool = db.pool().await;
         let orthanc = reserve_port(); // held until Orthanc starts on it
         let orthanc_port = orthanc.port();
         let dir = tempfile::tempdir().unwrap().keep();
-        let config = daemon_config(&dir, &db.url, orthanc_port, study);
+        let config = daemon_config(&dir, &db.url, orthanc_port, (study, dicom_extra));
         let daemon = Daemon::start_with(dir, config);
         let pacs = Orthanc::start_with_peer(orthanc, AE, daemon.addr.port());
         Self {
@@ -405,4 +415,22 @@ async fn daemon_killed_mid_job_restarts_and_sends_one_sr_per_study() {
             .await
             .unwrap();
     assert_eq!(analysed, 2);
+}
+
+/// A chest film stored as Secondary Capture (the SIIM file), pushed by Orthanc to a worker that
+/// accepts SC: analysed, and its SR filed back under the same study.
+#[tokio::test(flavor = "multi_thread")]
+async fn orthanc_pushes_a_secondary_capture_chest_film_when_sc_is_configured() {
+    let sc = r#"accepted_sop_classes = ["1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.7"]"#;
+    let site = Site::start_with("quiet_period_secs = 1", sc).await;
+    let siim = fixture("siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm");
+    let uploaded = site.upload(&[&siim]);
+    site.pacs.push(&[uploaded[0].1.as_str()]);
+    let srs = site.wait_srs(&uploaded[0].1, 1, Duration::from_secs(180));
+    let (path, tags) = &srs[0];
+    assert_eq!(tags["StudyInstanceUID"], dicom_field(&siim, "0020,000d"));
+    let sr = validate(path);
+    let sop = dicom_field(&siim, "0008,0018");
+    assert_eq!(sr["evidence"], serde_json::json!([sop]));
+    assert_findings_match(&site.pool, &sr, &sop).await;
 }
