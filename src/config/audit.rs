@@ -225,17 +225,9 @@ fn tls_files(
     };
     // read and checked now, so a bad file stops start-up (or a reload) naming its key, instead
     // of the sender failing later
-    crate::tls::Anchors::load(&ca_file).map_err(|e| invalid("audit.ca_file", e.to_string()))?;
+    super::tls::anchors("audit.ca_file", &ca_file)?;
     if let Some((cert, key)) = &client {
-        crate::tls::Identity::load(cert, key).map_err(|e| {
-            let named = match &e {
-                crate::tls::TlsError::NoCertificate { .. }
-                | crate::tls::TlsError::BadCertificate { .. } => "audit.certificate",
-                crate::tls::TlsError::Read { path, .. } if path == cert => "audit.certificate",
-                _ => "audit.private_key",
-            };
-            invalid(named, e.to_string())
-        })?;
+        super::tls::load_identity(cert, key, ("audit.certificate", "audit.private_key"))?;
     }
     Ok(Some(AuditTlsFiles { ca_file, client }))
 }

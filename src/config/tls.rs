@@ -255,25 +255,36 @@ fn identity(
             cert_key,
             "missing: the private key needs its certificate",
         )),
-        (Some(cert), Some(key)) => {
-            let (cert, key) = (resolve(base, cert), resolve(base, key));
-            Identity::load(&cert, &key).map(Some).map_err(|e| {
-                let named = match &e {
-                    tls::TlsError::NoKey { .. } => key_key,
-                    tls::TlsError::Read { path, .. } | tls::TlsError::TooLarge { path, .. }
-                        if *path == key =>
-                    {
-                        key_key
-                    }
-                    tls::TlsError::KeyMismatch { .. } => key_key,
-                    _ => cert_key,
-                };
-                invalid(named, e.to_string())
-            })
-        }
+        (Some(cert), Some(key)) => load_identity(
+            &resolve(base, cert),
+            &resolve(base, key),
+            (cert_key, key_key),
+        )
+        .map(Some),
     }
 }
 
-fn anchors(key: &str, path: &Path) -> Result<Anchors, ConfigError> {
+/// Read a certificate and its key; an error names `cert_key` or `key_key`, whichever file it
+/// is about.
+pub(super) fn load_identity(
+    cert: &Path,
+    key: &Path,
+    (cert_key, key_key): (&str, &str),
+) -> Result<Identity, ConfigError> {
+    Identity::load(cert, key).map_err(|e| {
+        let named = match &e {
+            tls::TlsError::NoKey { .. } | tls::TlsError::KeyMismatch { .. } => key_key,
+            tls::TlsError::Read { path, .. } | tls::TlsError::TooLarge { path, .. }
+                if path == key =>
+            {
+                key_key
+            }
+            _ => cert_key,
+        };
+        invalid(named, e.to_string())
+    })
+}
+
+pub(super) fn anchors(key: &str, path: &Path) -> Result<Anchors, ConfigError> {
     Anchors::load(path).map_err(|e| invalid(key, e.to_string()))
 }

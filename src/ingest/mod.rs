@@ -665,12 +665,12 @@ impl StoreHandler for Ingest {
                 ae_title: Some(transfer.calling_ae_title.clone()),
                 access_point: NetworkAccessPoint::Ip(transfer.peer.ip()),
             };
+            let app = auditor.application(Some(&transfer.called_ae_title));
             for study in &studies {
                 let (patient, study) = audit::patient_and_study(study);
-                let app = auditor.application(Some(&transfer.called_ae_title));
                 auditor
                     .record(&AuditEvent::study_received(
-                        app,
+                        app.clone(),
                         peer.clone(),
                         patient,
                         study,

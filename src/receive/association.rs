@@ -28,11 +28,11 @@ use crate::dicom::sop_classes;
 use crate::dicom::text::trim_value_lenient;
 use crate::ingest::budget::MemoryBudget;
 use crate::ingest::{DataSink, Outcome, Received, Refusal, StoreHandler, Transfer};
+use crate::tls::CertificateInfo;
 
 /// Instances of one association named in its audit message; a longer association is audited
 /// for its first ones (a bound on what a peer can make us hold).
 const MAX_AUDITED_INSTANCES: usize = 100_000;
-use crate::tls::CertificateInfo;
 
 /// The DICOM application context (PS3.7 A.2.1).
 const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJServiceUserReason, AssociationRJSource, Pdu,
+    AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ, Pdu,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -319,33 +319,7 @@ impl<H: StoreHandler> Connection<H> {
             match association::negotiate(&rq, s, self.peer.ip(), certificate.as_ref()) {
                 Ok(pair) => pair,
                 Err(rj) => {
-                    self.stats
-                        .associations_not_established
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        calling_ae = ?rq.calling_ae_title.trim(),
-                        called_ae = ?rq.called_ae_title.trim(),
-                        reason = ?rj.source,
-                        tls_client = ?certificate.as_ref().map(|c| &c.subject),
-                        "association not established"
-                    );
-                    if rj.source
-                        == AssociationRJSource::ServiceUser(
-                            AssociationRJServiceUserReason::CallingAETitleNotRecognized,
-                        )
-                    {
-                        self.handler.peer_refused(RefusedPeer {
-                            peer: self.peer,
-                            calling_ae_title: Some(rq.calling_ae_title.trim().to_string()),
-                            reason: match &certificate {
-                                Some(c) => format!(
-                                    "calling AE title not recognized (TLS client certificate {})",
-                                    c.subject
-                                ),
-                                None => "calling AE title not recognized".to_string(),
-                            },
-                        });
-                    }
+                    self.not_established(&rq, &rj, certificate.as_ref());
                     let _ = pdus.write(&Pdu::AssociationRJ(rj)).await;
                     pdus.shutdown().await;
                     return;
@@ -372,6 +346,41 @@ impl<H: StoreHandler> Connection<H> {
         };
         association::serve(&mut pdus, negotiated, env).await;
         self.stats.associations_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Count and log a rejected request; a calling AE title refused is a refused peer.
+    fn not_established(
+        &self,
+        rq: &AssociationRQ,
+        rj: &AssociationRJ,
+        certificate: Option<&CertificateInfo>,
+    ) {
+        self.stats
+            .associations_not_established
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            calling_ae = ?rq.calling_ae_title.trim(),
+            called_ae = ?rq.called_ae_title.trim(),
+            reason = ?rj.source,
+            tls_client = ?certificate.map(|c| &c.subject),
+            "association not established"
+        );
+        let refused_ae = AssociationRJSource::ServiceUser(
+            AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+        );
+        if rj.source == refused_ae {
+            self.handler.peer_refused(RefusedPeer {
+                peer: self.peer,
+                calling_ae_title: Some(rq.calling_ae_title.trim().to_string()),
+                reason: match certificate {
+                    Some(c) => format!(
+                        "calling AE title not recognized (TLS client certificate {})",
+                        c.subject
+                    ),
+                    None => "calling AE title not recognized".to_string(),
+                },
+            });
+        }
     }
 
     fn no_request(&self, reason: &str) {

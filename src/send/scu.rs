@@ -223,31 +223,45 @@ pub async fn store(
     let addr = format!("{}:{}", dest.host, dest.port);
     // the connect has its own timeout; this bounds the handshake and the negotiation too
     let deadline = opts.connect_timeout + opts.dimse_timeout * 2;
+    let uids = (sop_class_uid.as_str(), sop_instance_uid.as_str());
     match &dest.tls {
         None => {
-            let mut assoc = tokio::time::timeout(deadline, options.establish_async(addr.as_str()))
-                .await
-                .map_err(|_| SendError::Timeout("associating"))?
-                .map_err(|e| association_error(e, &addr, &sop_class_uid, false))?;
-            if let Err(e) = assoc.inner_stream().set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-            deliver(assoc, dest, file, (&sop_class_uid, &sop_instance_uid), opts).await
+            let establishing = options.establish_async(addr.as_str());
+            let mut assoc = within(deadline, establishing, &addr, uids.0, false).await?;
+            nodelay(assoc.inner_stream());
+            deliver(assoc, dest, file, uids, opts).await
         }
         Some(tls) => {
             let options = options
                 .tls_config(tls.client.clone())
                 .server_name(&tls.server_name);
-            let mut assoc =
-                tokio::time::timeout(deadline, options.establish_tls_async(addr.as_str()))
-                    .await
-                    .map_err(|_| SendError::Timeout("associating"))?
-                    .map_err(|e| association_error(e, &addr, &sop_class_uid, true))?;
-            if let Err(e) = assoc.inner_stream().get_ref().0.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-            deliver(assoc, dest, file, (&sop_class_uid, &sop_instance_uid), opts).await
+            let establishing = options.establish_tls_async(addr.as_str());
+            let mut assoc = within(deadline, establishing, &addr, uids.0, true).await?;
+            nodelay(assoc.inner_stream().get_ref().0);
+            deliver(assoc, dest, file, uids, opts).await
         }
+    }
+}
+
+/// An association being established, within `deadline`; its failure as a [`SendError`].
+async fn within<S>(
+    deadline: Duration,
+    establishing: impl std::future::Future<
+        Output = Result<AsyncClientAssociation<S>, dicom_ul::association::Error>,
+    >,
+    addr: &str,
+    sop_class_uid: &str,
+    tls: bool,
+) -> Result<AsyncClientAssociation<S>, SendError> {
+    tokio::time::timeout(deadline, establishing)
+        .await
+        .map_err(|_| SendError::Timeout("associating"))?
+        .map_err(|e| association_error(e, addr, sop_class_uid, tls))
+}
+
+fn nodelay(socket: &tokio::net::TcpStream) {
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }
 
