@@ -16,40 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gate::{dicom_field, validate};
-use orthanc::{ORTHANC_AET, Orthanc};
+use orthanc::{Orthanc, daemon_config};
 use serde_json::Value;
 use sqlx::PgPool;
-
-/// The daemon's config: Orthanc as the only peer allowed to send (by AE title and address) and
-/// the only destination; a short quiet period, lease and retry delays so that the file runs fast.
-fn daemon_config(
-    dir: &Path,
-    db_url: &str,
-    orthanc_port: u16,
-    (study, dicom_extra): (&str, &str),
-) -> PathBuf {
-    let sections = format!(
-        r#"
-[study]
-workers = 1
-poll_interval_secs = 0.2
-{study}
-
-[report]
-retry_base_secs = 0.5
-retry_max_secs = 2
-poll_interval_secs = 0.5
-
-[[destinations]]
-name = "orthanc"
-ae_title = "{ORTHANC_AET}"
-host = "127.0.0.1"
-port = {orthanc_port}
-"#
-    );
-    let dicom = format!("allowed_calling_ae_titles = [\"{ORTHANC_AET}@127.0.0.1\"]\n{dicom_extra}");
-    write_config_with(dir, db_url, &dicom, &sections)
-}
 
 /// Orthanc and cxr-worker, each registered with the other.
 /// Fields drop in order: the daemon and Orthanc stop before the database is dropped.
@@ -72,7 +41,7 @@ impl Site {
         let orthanc = reserve_port(); // held until Orthanc starts on it
         let orthanc_port = orthanc.port();
         let dir = tempfile::tempdir().unwrap().keep();
-        let config = daemon_config(&dir, &db.url, orthanc_port, (study, dicom_extra));
+        let config = daemon_config(&dir, &db.url, orthanc_port, (study, dicom_extra, ""));
         let daemon = Daemon::start_with(dir, config);
         let pacs = Orthanc::start_with_peer(orthanc, AE, daemon.addr.port());
         Self {

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use orthanc::{ORTHANC_AET, Orthanc};
+use orthanc::{ORTHANC_AET, Orthanc, daemon_config};
 
 fn pki() -> PathBuf {
     let dir = tempfile::tempdir().unwrap().keep();
@@ -25,24 +25,8 @@ fn pki() -> PathBuf {
 
 fn config(dir: &Path, db_url: &str, pki: &Path, orthanc_port: u16) -> PathBuf {
     let p = |f: &str| pki.join(f).display().to_string();
-    let sections = format!(
-        r#"
-[study]
-workers = 1
-poll_interval_secs = 0.2
-quiet_period_secs = 1
-
-[report]
-retry_base_secs = 0.5
-retry_max_secs = 2
-poll_interval_secs = 0.5
-
-[[destinations]]
-name = "orthanc"
-ae_title = "{ORTHANC_AET}"
-host = "127.0.0.1"
-port = {orthanc_port}
-tls = true
+    let tls = format!(
+        r#"tls = true
 ca_file = "{ca}"
 certificate = "{crt}"
 private_key = "{key}"
@@ -58,8 +42,12 @@ certificate_names = {{ {ORTHANC_AET} = "pacs.example.org" }}
         crt = p("server.crt"),
         key = p("server.key"),
     );
-    let dicom = format!("allowed_calling_ae_titles = [\"{ORTHANC_AET}@127.0.0.1\"]");
-    write_config_with(dir, db_url, &dicom, &sections)
+    daemon_config(
+        dir,
+        db_url,
+        orthanc_port,
+        ("quiet_period_secs = 1", "", &tls),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,12 +15,46 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{PortReservation, listens, reserve_port};
+use crate::common::{PortReservation, listens, reserve_port, write_config_with};
 
 pub const ORTHANC_AET: &str = "ORTHANC_TEST";
 
 /// The name under which cxr-worker is registered in Orthanc's `DicomModalities`.
 pub const CXR_MODALITY: &str = "cxr";
+
+/// The daemon's config: Orthanc as the only peer allowed to send (by AE title and address) and
+/// the only destination; a short quiet period, lease and retry delays so that the file runs fast.
+/// `study` goes into `[study]`, `dicom_extra` into `[dicom]`, `more` right after the destination
+/// (its own keys, then further sections).
+pub fn daemon_config(
+    dir: &Path,
+    db_url: &str,
+    orthanc_port: u16,
+    (study, dicom_extra, more): (&str, &str, &str),
+) -> PathBuf {
+    let sections = format!(
+        r#"
+[study]
+workers = 1
+poll_interval_secs = 0.2
+{study}
+
+[report]
+retry_base_secs = 0.5
+retry_max_secs = 2
+poll_interval_secs = 0.5
+
+[[destinations]]
+name = "orthanc"
+ae_title = "{ORTHANC_AET}"
+host = "127.0.0.1"
+port = {orthanc_port}
+{more}
+"#
+    );
+    let dicom = format!("allowed_calling_ae_titles = [\"{ORTHANC_AET}@127.0.0.1\"]\n{dicom_extra}");
+    write_config_with(dir, db_url, &dicom, &sections)
+}
 
 /// A running Orthanc.
 pub struct Orthanc {
