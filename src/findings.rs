@@ -36,6 +36,14 @@ pub struct ImageRef {
     pub series_instance_uid: String,
 }
 
+/// A binary mask at some image geometry: one byte per pixel, 0 or 1, row-major.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BitMask {
+    pub rows: usize,
+    pub columns: usize,
+    pub bits: Vec<u8>,
+}
+
 /// One label's result for one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelResult {

@@ -75,6 +75,31 @@ pub struct Area {
     pub mm2: Option<f64>,
 }
 
+/// One row's horizontal extent in the S×S mask: `first..=last` on row `row`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Span {
+    pub row: usize,
+    pub first: usize,
+    pub last: usize,
+}
+
+impl Span {
+    /// Its width in mask pixels.
+    pub fn width(&self) -> usize {
+        self.last - self.first + 1
+    }
+}
+
+/// What the cardiothoracic ratio was measured on, in S×S mask pixels: the heart's widest row
+/// and the thorax's widest row (outer edges of the lungs).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CtrBasis {
+    pub heart: Span,
+    pub thorax: Span,
+    /// The mask size S.
+    pub mask_size: usize,
+}
+
 /// Areas and the cardiothoracic ratio from the segmenter's masks.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Anatomy {
@@ -85,6 +110,9 @@ pub struct Anatomy {
     /// Largest horizontal heart width / largest horizontal thoracic width (outer edges of the
     /// lung masks, per row); `None` when either mask is empty.
     pub cardiothoracic_ratio: Option<f64>,
+    /// Where the ratio was measured: the widest heart row and the widest thorax row (`None`
+    /// with the ratio).
+    pub ctr_basis: Option<CtrBasis>,
     /// Pixel spacing used for mm², with its source attribute.
     pub pixel_spacing: Option<PixelSpacing>,
 }
@@ -113,9 +141,13 @@ pub struct Findings {
     pub trained: bool,
     /// [`UNTRAINED_WARNING`] when a model is untrained.
     pub warning: Option<String>,
-    /// Segmenter output `[C,S,S]` (for overlays; not serialised).
+    /// Segmenter output `[C,S,S]` (for overlays and the SEG; not serialised).
     #[serde(skip)]
     pub masks: Vec<f32>,
+    /// The names of the segmenter's channels, in order (`cxr.mask_channels`: `left_lung`,
+    /// `right_lung`, `heart` first).
+    #[serde(skip)]
+    pub mask_channels: Vec<String>,
     /// Classifier class maps `[L,h,w]` (for overlays; not serialised).
     #[serde(skip)]
     pub class_maps: Vec<f32>,
@@ -124,6 +156,12 @@ pub struct Findings {
     /// The grey image at the segmenter's size (for overlays; not serialised).
     #[serde(skip)]
     pub grey: GreyImage,
+    /// The grey image at display size, the source's aspect ratio (for the Secondary Capture;
+    /// not serialised).
+    #[serde(skip)]
+    pub display: GreyImage,
+    /// The source image's size, `(rows, columns)`: the geometry of the SEG.
+    pub source_size: (usize, usize),
 }
 
 /// The result for one file: the eligibility decision and, when analysed, the findings.
@@ -212,8 +250,25 @@ pub struct DecodedImage {
     pub grey_segmenter: GreyImage,
     #[serde(skip)]
     pub grey_classifier: GreyImage,
+    /// The grey image for pictures a person reads (the Secondary Capture): the source's aspect
+    /// ratio, longest side [`DISPLAY_LONGEST_SIDE`] (see [`display_size`]).
+    #[serde(skip)]
+    pub grey_display: GreyImage,
     pub decode_ms: f64,
     pub preprocess_ms: f64,
+}
+
+/// Longest side of the display image, in pixels: what a reader needs on a reading screen, and
+/// what a Secondary Capture is sized to.
+pub const DISPLAY_LONGEST_SIDE: usize = 1024;
+
+/// The display image's `(width, height)` for a source of `rows`×`columns`: the aspect ratio
+/// kept, the longest side [`DISPLAY_LONGEST_SIDE`] (up or down), each side at least 1.
+pub fn display_size(rows: usize, columns: usize) -> (usize, usize) {
+    let longest = rows.max(columns).max(1) as f64;
+    let scale = DISPLAY_LONGEST_SIDE as f64 / longest;
+    let side = |n: usize| ((n as f64 * scale).round() as usize).clamp(1, DISPLAY_LONGEST_SIDE);
+    (side(columns), side(rows))
 }
 
 /// Decode one Part 10 file (with or without its preamble) and, when eligible, resize its grey
@@ -243,6 +298,8 @@ pub fn decode_for_models(bytes: &[u8], req: &DecodeRequest) -> Result<DecodedIma
     } else {
         preprocess::resize(&grey, req.classifier_size, req.classifier_size)
     };
+    let (width, height) = display_size(stored.rows, stored.columns);
+    out.grey_display = preprocess::resize(&grey, width, height);
     out.preprocess_ms = ms(started);
     out.rows = stored.rows;
     out.columns = stored.columns;
@@ -263,6 +320,7 @@ pub struct Analyser {
 struct Prepared {
     index: usize,
     grey_segmenter: GreyImage,
+    grey_display: GreyImage,
     classifier_input: Vec<f32>,
     spacing: Option<PixelSpacing>,
     rows: usize,
@@ -383,6 +441,7 @@ impl Analyser {
         let ready = Prepared {
             index,
             grey_segmenter: image.grey_segmenter,
+            grey_display: image.grey_display,
             classifier_input,
             spacing: image.attributes.pixel_spacing,
             rows: image.rows,
@@ -482,10 +541,13 @@ impl Analyser {
                 trained,
                 warning: (!trained).then(|| UNTRAINED_WARNING.to_string()),
                 masks: m.to_vec(),
+                mask_channels: seg.mask_channels.clone(),
                 class_maps: out.class_maps[i * labels * mh * mw..(i + 1) * labels * mh * mw]
                     .to_vec(),
                 class_map_size: (mh, mw),
                 grey: p.grey_segmenter.clone(),
+                display: p.grey_display.clone(),
+                source_size: (p.rows, p.columns),
             });
         }
         Ok(())
@@ -526,25 +588,38 @@ pub fn measure(
     };
     let count = |c: usize| (0..plane).filter(|&i| on(c, i)).count() as u64;
     let (left, right, heart) = (count(0), count(1), count(2));
-    let widest = |pred: &dyn Fn(usize) -> bool| -> usize {
+    // the first widest row (top to bottom) of the pixels where `pred` holds
+    let widest = |pred: &dyn Fn(usize) -> bool| -> Option<Span> {
         (0..s)
             .filter_map(|y| {
                 let first = (0..s).find(|&x| pred(y * s + x))?;
                 let last = (0..s).rev().find(|&x| pred(y * s + x))?;
-                Some(last - first + 1)
+                Some(Span {
+                    row: y,
+                    first,
+                    last,
+                })
             })
-            .max()
-            .unwrap_or(0)
+            .fold(None, |best: Option<Span>, span| match best {
+                Some(b) if b.width() >= span.width() => Some(b),
+                _ => Some(span),
+            })
     };
-    let heart_width = widest(&|i| on(2, i));
-    let thorax_width = widest(&|i| on(0, i) || on(1, i));
+    let basis = match (widest(&|i| on(2, i)), widest(&|i| on(0, i) || on(1, i))) {
+        (Some(heart), Some(thorax)) => Some(CtrBasis {
+            heart,
+            thorax,
+            mask_size: s,
+        }),
+        _ => None,
+    };
     Anatomy {
         left_lung: area(left),
         right_lung: area(right),
         lungs: area(left + right),
         heart: area(heart),
-        cardiothoracic_ratio: (heart_width > 0 && thorax_width > 0)
-            .then(|| heart_width as f64 / thorax_width as f64),
+        cardiothoracic_ratio: basis.map(|b| b.heart.width() as f64 / b.thorax.width() as f64),
+        ctr_basis: basis,
         pixel_spacing: spacing,
     }
 }

@@ -455,17 +455,27 @@ fn read_reply_io(r: &mut impl Read, request: &DecodeRequest) -> std::io::Result<
     if let Reply::Decoded(image) = &mut reply
         && image.eligible
     {
-        for (grey, size) in [
-            (&mut image.grey_segmenter, request.segmenter_size),
-            (&mut image.grey_classifier, request.classifier_size),
+        let (width, height) = super::analyser::display_size(image.rows, image.columns);
+        for (grey, width, height) in [
+            (
+                &mut image.grey_segmenter,
+                request.segmenter_size,
+                request.segmenter_size,
+            ),
+            (
+                &mut image.grey_classifier,
+                request.classifier_size,
+                request.classifier_size,
+            ),
+            (&mut image.grey_display, width, height),
         ] {
-            let pixels = read_floats(r, size * size)?;
-            if pixels.len() != size * size {
+            let pixels = read_floats(r, width * height)?;
+            if pixels.len() != width * height {
                 return Err(bad("image of the wrong size"));
             }
             *grey = GreyImage {
-                width: size,
-                height: size,
+                width,
+                height,
                 pixels,
             };
         }
@@ -481,7 +491,11 @@ fn write_reply(w: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
     if let Reply::Decoded(image) = reply
         && image.eligible
     {
-        for grey in [&image.grey_segmenter, &image.grey_classifier] {
+        for grey in [
+            &image.grey_segmenter,
+            &image.grey_classifier,
+            &image.grey_display,
+        ] {
             w.write_all(&(grey.pixels.len() as u32).to_le_bytes())?;
             let mut raw = Vec::with_capacity(grey.pixels.len() * 4);
             for p in &grey.pixels {
@@ -589,12 +603,23 @@ mod tests {
                 height: 1,
                 pixels: vec![0.5],
             },
+            // a 2×1 source: its display image is 512 wide and 1024 high
+            rows: 2,
+            columns: 1,
+            grey_display: GreyImage {
+                width: 512,
+                height: 1024,
+                pixels: vec![0.5; 512 * 1024],
+            },
             ..DecodedImage::default()
         };
         let mut wire = Vec::new();
         write_reply(&mut wire, &Reply::Decoded(Box::new(image))).unwrap();
         match read_reply_io(&mut &wire[..], &request).unwrap() {
-            Reply::Decoded(i) => assert_eq!(i.grey_segmenter.pixels, vec![0.0, 0.25, 0.5, 1.0]),
+            Reply::Decoded(i) => {
+                assert_eq!(i.grey_segmenter.pixels, vec![0.0, 0.25, 0.5, 1.0]);
+                assert_eq!((i.grey_display.width, i.grey_display.height), (512, 1024));
+            }
             Reply::Failed(r) => panic!("{r}"),
         }
         // a reply claiming a larger image than asked for is refused

@@ -9,6 +9,7 @@
 //! - [`sr`]: the SR builder.
 
 pub mod codes;
+mod dataset;
 pub mod sr;
 
 use std::fmt::Write as _;
@@ -31,6 +32,11 @@ pub use sr::{BuiltReport, build_sr};
 pub enum OutputKind {
     /// The findings report: a Comprehensive 3D SR ([`sr`]).
     Sr,
+    /// The anatomy masks of one image: a Segmentation (BINARY) ([`seg`]).
+    Seg,
+    /// The picture of one image's results for viewers that show only images: an RGB Secondary
+    /// Capture with burned-in annotation ([`sc`]).
+    Sc,
 }
 
 impl OutputKind {
@@ -38,6 +44,8 @@ impl OutputKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Sr => "sr",
+            Self::Seg => "seg",
+            Self::Sc => "sc",
         }
     }
 }
@@ -56,6 +64,67 @@ pub trait Output: Send + Sync {
     fn sop_instance_uid(&self) -> &str;
     /// The study it belongs to (the source study's UID, as received).
     fn study_instance_uid(&self) -> &str;
+}
+
+/// A built image output (SEG, SC): the object and the identifiers the outbox needs.
+#[derive(Debug, Clone)]
+pub struct BuiltObject {
+    /// What it is.
+    pub kind: OutputKind,
+    /// The object with its file meta group.
+    pub file: FileDicomObject<InMemDicomObject>,
+    /// Its SOP Class UID.
+    pub sop_class_uid: String,
+    /// Its SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// Its Series Instance UID.
+    pub series_instance_uid: String,
+    /// The study it belongs to (the source's).
+    pub study_instance_uid: String,
+}
+
+impl Output for BuiltObject {
+    fn kind(&self) -> OutputKind {
+        self.kind
+    }
+    fn file(&self) -> &FileDicomObject<InMemDicomObject> {
+        &self.file
+    }
+    fn sop_class_uid(&self) -> &str {
+        &self.sop_class_uid
+    }
+    fn sop_instance_uid(&self) -> &str {
+        &self.sop_instance_uid
+    }
+    fn study_instance_uid(&self) -> &str {
+        &self.study_instance_uid
+    }
+}
+
+/// The source radiograph an image output (SEG, SC) is derived from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceImage {
+    /// Its SOP Class, SOP Instance and Series Instance UIDs (as received).
+    pub image: ImageRef,
+    /// Rows (0028,0010).
+    pub rows: usize,
+    /// Columns (0028,0011).
+    pub columns: usize,
+    /// `(row, column)` spacing in mm, from Pixel Spacing or Imager Pixel Spacing, where known.
+    pub pixel_spacing: Option<(f64, f64)>,
+}
+
+/// Where a new output goes: its series (a new one unless given: a revision stays in the series
+/// of what it revises), numbers, content date/time and UIDs (generated unless given).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub series_instance_uid: Option<String>,
+    pub series_number: u32,
+    pub instance_number: u32,
+    pub content_datetime: NaiveDateTime,
+    pub sop_instance_uid: Option<String>,
+    /// Root of generated UIDs (`2.25.` when `None`).
+    pub uid_root: Option<String>,
 }
 
 /// Everything that can go wrong when building an SR.

@@ -27,13 +27,16 @@
 //! ```
 //! The Tracking UID is derived from (study, image, label), so a revised report keeps it.
 
-use dicom_core::value::{DataSetSequence, Value};
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_core::{PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use super::codes::{self, Code};
+use super::dataset::{
+    DEVICE_NAME, character_set, code_seq_item, put, put_equipment, put_general_study, put_patient,
+    put_seq,
+};
 use super::{
     AnalysedImage, Completion, ImageRef, ModelInfo, Predecessor, ReportContent, ReportRequest,
     SourceStudy, SrError, derived_uid, format_ds, new_uid,
@@ -44,9 +47,6 @@ pub const SR_SOP_CLASS_UID: &str = uids::COMPREHENSIVE3_DSR_STORAGE;
 
 /// Text of the report-level comment when the model's weights are not trained.
 pub const UNTRAINED_COMMENT: &str = "UNTRAINED model: not for clinical use";
-
-/// Name of the device (software) that makes the report.
-const DEVICE_NAME: &str = "cxr-worker";
 
 /// An SR ready to be written or sent.
 #[derive(Debug, Clone)]
@@ -231,47 +231,6 @@ fn put_sop_common(
     );
 }
 
-/// Patient, as read from the source study.
-fn put_patient(obj: &mut InMemDicomObject, s: &SourceStudy) {
-    put(obj, tags::PATIENT_NAME, VR::PN, s.patient_name.as_str());
-    put(obj, tags::PATIENT_ID, VR::LO, s.patient_id.as_str());
-    if let Some(issuer) = &s.issuer_of_patient_id {
-        put(obj, tags::ISSUER_OF_PATIENT_ID, VR::LO, issuer.as_str());
-    }
-    put(
-        obj,
-        tags::PATIENT_BIRTH_DATE,
-        VR::DA,
-        s.patient_birth_date.as_str(),
-    );
-    put(obj, tags::PATIENT_SEX, VR::CS, s.patient_sex.as_str());
-}
-
-/// General Study, as read from the source study (the SR belongs to it).
-fn put_general_study(obj: &mut InMemDicomObject, s: &SourceStudy) {
-    put(
-        obj,
-        tags::STUDY_INSTANCE_UID,
-        VR::UI,
-        s.study_instance_uid.as_str(),
-    );
-    put(obj, tags::STUDY_DATE, VR::DA, s.study_date.as_str());
-    put(obj, tags::STUDY_TIME, VR::TM, s.study_time.as_str());
-    put(
-        obj,
-        tags::ACCESSION_NUMBER,
-        VR::SH,
-        s.accession_number.as_str(),
-    );
-    put(obj, tags::STUDY_ID, VR::SH, s.study_id.as_str());
-    put(
-        obj,
-        tags::REFERRING_PHYSICIAN_NAME,
-        VR::PN,
-        s.referring_physician_name.as_str(),
-    );
-}
-
 /// SR Document Series: modality SR, the series of the report.
 fn put_sr_document_series(obj: &mut InMemDicomObject, req: &ReportRequest, series_uid: &str) {
     put(obj, tags::MODALITY, VR::CS, "SR");
@@ -292,19 +251,6 @@ fn put_sr_document_series(obj: &mut InMemDicomObject, req: &ReportRequest, serie
         obj,
         tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
         vec![],
-    );
-}
-
-/// General Equipment and Enhanced General Equipment: the software that wrote the SR.
-fn put_equipment(obj: &mut InMemDicomObject, model: &ModelInfo) {
-    put(obj, tags::MANUFACTURER, VR::LO, model.manufacturer.as_str());
-    put(obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, DEVICE_NAME);
-    put(obj, tags::DEVICE_SERIAL_NUMBER, VR::LO, model.device_uid());
-    put(
-        obj,
-        tags::SOFTWARE_VERSIONS,
-        VR::LO,
-        model.software_version.as_str(),
     );
 }
 
@@ -880,46 +826,4 @@ fn template_item(id: &str) -> InMemDicomObject {
     put(&mut item, tags::MAPPING_RESOURCE, VR::CS, "DCMR");
     put(&mut item, tags::TEMPLATE_IDENTIFIER, VR::CS, id);
     item
-}
-
-fn code_seq_item(code: &Code) -> InMemDicomObject {
-    let mut item = InMemDicomObject::new_empty();
-    put(&mut item, tags::CODE_VALUE, VR::SH, code.value);
-    put(
-        &mut item,
-        tags::CODING_SCHEME_DESIGNATOR,
-        VR::SH,
-        code.scheme,
-    );
-    put(&mut item, tags::CODE_MEANING, VR::LO, code.meaning);
-    item
-}
-
-// ---------------------------------------------------------------- elements
-
-fn put(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: impl Into<PrimitiveValue>) {
-    obj.put(DataElement::new(tag, vr, value.into()));
-}
-
-fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
-    obj.put(DataElement::new(tag, VR::SQ, DataSetSequence::from(items)));
-}
-
-/// Specific Character Set of the SR: ISO_IR 192 (UTF-8) when any text is not ASCII or the source
-/// was already UTF-8; otherwise none (the default repertoire).
-fn character_set(obj: &InMemDicomObject, source: &SourceStudy) -> Option<&'static str> {
-    let source_utf8 = source
-        .specific_character_set
-        .split('\\')
-        .any(|t| t.trim() == "ISO_IR 192");
-    (source_utf8 || has_non_ascii(obj)).then_some("ISO_IR 192")
-}
-
-fn has_non_ascii(obj: &InMemDicomObject) -> bool {
-    obj.iter().any(|e| match e.value() {
-        Value::Primitive(PrimitiveValue::Str(s)) => !s.is_ascii(),
-        Value::Primitive(PrimitiveValue::Strs(v)) => v.iter().any(|s| !s.is_ascii()),
-        Value::Sequence(seq) => seq.items().iter().any(has_non_ascii),
-        _ => false,
-    })
 }
