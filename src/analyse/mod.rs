@@ -7,6 +7,7 @@
 //! - [`preprocess`]: anti-aliased resize and the models' normalisation.
 //! - [`contract`]: the model contract, checked at load.
 //! - [`infer`]: ONNX Runtime sessions, execution providers, batched runs.
+//! - [`masks`]: the segmenter's masks resampled to the source (SEG) or display geometry.
 //! - [`overlay`]: PNG pictures of masks and class maps.
 //! - [`analyser`]: the per-file flow, timings and serialisable results.
 
@@ -16,5 +17,6 @@ pub mod decode;
 pub mod eligibility;
 pub mod helper;
 pub mod infer;
+pub mod masks;
 pub mod overlay;
 pub mod preprocess;
