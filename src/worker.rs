@@ -648,6 +648,7 @@ fn report_request(
         sop_instance_uid: None,
         series_instance_uid: previous.map(|p| p.sr_series_instance_uid.clone()),
         uid_root: None,
+        image_outputs: Vec::new(),
     }
 }
 

@@ -100,6 +100,7 @@ fn real_sr(seed: u32) -> BuiltReport {
         sop_instance_uid: None,
         series_instance_uid: None,
         uid_root: None,
+        image_outputs: vec![],
     };
     build_sr(&req).unwrap()
 }
@@ -155,6 +156,7 @@ fn destination(name: &str, ae: &str, port: u16) -> Destination {
         port,
         calling_ae_title: AeTitle::parse(CALLING).unwrap(),
         tls: None,
+        outputs: Default::default(),
     }
 }
 

@@ -100,6 +100,7 @@ fn request(study: SourceStudy, content: ReportContent, trained: bool) -> ReportR
         sop_instance_uid: None,
         series_instance_uid: None,
         uid_root: None,
+        image_outputs: vec![],
     }
 }
 
@@ -556,4 +557,71 @@ fn given_uids_and_uid_root_are_used() {
             .series_instance_uid
             .starts_with("1.2.826.0.1.3680043.10.")
     );
+}
+
+/// Issue 11: the SR references the image outputs. Each organ of the SEG is a TID 1410 planar
+/// ROI group whose region is the SEG frame (with the source image and the area), the
+/// cardiothoracic ratio is inferred from the SEG frames it was measured on, and the SEG and
+/// SC are listed as other evidence; highdicom follows every reference.
+#[test]
+fn regions_reference_the_seg_frames_and_the_outputs_are_evidence() {
+    use cxr_worker::report::{ImageOutputRefs, SegReference};
+    let dir = tempfile::tempdir().unwrap();
+    let src = header(DX966);
+    let study = SourceStudy::from_dataset(&src).unwrap();
+    let mut img = analysed(&src, 3, Some(0.48));
+    img.measurements.right_lung_mm2 = Some(31_000.5);
+    img.measurements.left_lung_mm2 = Some(27_500.0);
+    img.measurements.heart_mm2 = None; // no spacing for it: no area, the region stays
+    let source_uid = img.image.sop_instance_uid.clone();
+    let seg = ImageRef {
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.66.4".into(),
+        sop_instance_uid: "2.25.1001".into(),
+        series_instance_uid: "2.25.1002".into(),
+    };
+    let sc = ImageRef {
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
+        sop_instance_uid: "2.25.2001".into(),
+        series_instance_uid: "2.25.2002".into(),
+    };
+    let mut req = request(study, ReportContent::Findings(vec![img]), false);
+    req.image_outputs = vec![ImageOutputRefs {
+        source_sop_instance_uid: source_uid.clone(),
+        seg: Some(SegReference {
+            object: seg,
+            segments: vec![
+                ("right_lung".into(), 1),
+                ("left_lung".into(), 2),
+                ("heart".into(), 3),
+            ],
+        }),
+        sc: Some(sc),
+    }];
+    let path = gate(dir.path(), "regions", &req, None);
+    let (status, out) = run(Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("tests/python/sr_findings.py"))
+        .arg(&path));
+    assert_eq!(status, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["other_evidence"], json!(["2.25.1001", "2.25.2001"]));
+    assert_eq!(v["evidence"], json!([source_uid]));
+    let regions = v["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 3, "{v}");
+    for (r, (code, number, area)) in regions.iter().zip([
+        ("3341006", 1, Some(31_000.5)),
+        ("44029006", 2, Some(27_500.0)),
+        ("80891009", 3, None),
+    ]) {
+        assert_eq!(r["finding"], code, "{r}");
+        assert_eq!(r["seg"], "2.25.1001");
+        assert_eq!(r["frame"], json!([number]));
+        assert_eq!(r["source"], source_uid.as_str());
+        assert_eq!(r["area_mm2"].as_f64(), area, "{r}");
+    }
+    assert_eq!(
+        v["ctr_basis"],
+        json!([["2.25.1001", 1], ["2.25.1001", 2], ["2.25.1001", 3]])
+    );
+    // the findings are still read back as before
+    assert_eq!(v["findings"].as_array().unwrap().len(), 14);
 }

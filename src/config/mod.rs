@@ -37,7 +37,7 @@ pub use env::ENV_PREFIX;
 pub use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
 pub use models::{ExecutionProvider, ModelsConfig};
-pub use report::{Destination, ReportConfig};
+pub use report::{Destination, DestinationOutputs, ReportConfig};
 pub use spool::SpoolConfig;
 pub use study::StudyConfig;
 pub use tls::{DestinationTls, ScpTlsConfig};

@@ -1,5 +1,5 @@
-//! `[report]` and `[[destinations]]`: the SR archive, the sending policy and the peers that
-//! receive every SR; the file's shape, its validation and the typed form.
+//! `[report]` and `[[destinations]]`: the archive of outputs, the sending policy and the peers
+//! that receive them (each its choice of SR, SEG and SC); the file's shape, its validation and the typed form.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,7 +10,7 @@ use super::tls::{DestinationTls, RawDestinationTls};
 use super::{ConfigError, invalid, positive, resolve, seconds};
 use crate::dicom::ae::AeTitle;
 
-/// A DICOM peer that receives every SR (`[[destinations]]`).
+/// A DICOM peer that receives our outputs (`[[destinations]]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Destination {
     /// Unique name, recorded with each outbox row (defaults to the AE title).
@@ -24,6 +24,92 @@ pub struct Destination {
     pub calling_ae_title: AeTitle,
     /// DICOM TLS towards this peer (`tls = true`); `None`: plain TCP.
     pub tls: Option<DestinationTls>,
+    /// What this peer receives (`outputs`, `not_analysed`).
+    pub outputs: DestinationOutputs,
+}
+
+/// The outputs a destination receives: `outputs = ["sr", "seg", "sc"]` (the default: all three)
+/// and `not_analysed = true` (the default: it also gets the "not analysed" SR of a study with no
+/// analysable image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DestinationOutputs {
+    /// The findings SR (`"sr"`).
+    pub sr: bool,
+    /// The anatomy Segmentation of each analysed image (`"seg"`).
+    pub seg: bool,
+    /// The Secondary Capture picture of each analysed image (`"sc"`).
+    pub sc: bool,
+    /// The "not analysed" SR (only with `sr`).
+    pub not_analysed: bool,
+}
+
+impl Default for DestinationOutputs {
+    fn default() -> Self {
+        Self {
+            sr: true,
+            seg: true,
+            sc: true,
+            not_analysed: true,
+        }
+    }
+}
+
+impl DestinationOutputs {
+    /// The output names `outputs` accepts, as `outbox.kind` spells them.
+    pub const NAMES: [&'static str; 3] = ["sr", "seg", "sc"];
+
+    /// Whether the destination takes objects of this outbox kind (`sr`, `seg`, `sc`).
+    pub fn takes(&self, kind: &str) -> bool {
+        match kind {
+            "sr" => self.sr,
+            "seg" => self.seg,
+            "sc" => self.sc,
+            _ => false,
+        }
+    }
+
+    fn parse(
+        names: Option<Vec<String>>,
+        not_analysed: Option<bool>,
+        key: impl Fn(&str) -> String,
+    ) -> Result<Self, ConfigError> {
+        let mut out = Self {
+            not_analysed: not_analysed.unwrap_or(true),
+            ..Self::default()
+        };
+        let Some(names) = names else {
+            return Ok(out);
+        };
+        if names.is_empty() {
+            return Err(invalid(
+                &key("outputs"),
+                "is empty: list at least one of \"sr\", \"seg\", \"sc\" (or remove the destination)",
+            ));
+        }
+        (out.sr, out.seg, out.sc) = (false, false, false);
+        for name in &names {
+            let flag = match name.trim() {
+                "sr" => &mut out.sr,
+                "seg" => &mut out.seg,
+                "sc" => &mut out.sc,
+                other => {
+                    return Err(invalid(
+                        &key("outputs"),
+                        format!("{other:?} is not an output; use \"sr\", \"seg\" or \"sc\""),
+                    ));
+                }
+            };
+            *flag = true;
+        }
+        if not_analysed == Some(true) && !out.sr {
+            return Err(invalid(
+                &key("not_analysed"),
+                "the \"not analysed\" SR is an SR: add \"sr\" to outputs, or remove not_analysed",
+            ));
+        }
+        out.not_analysed &= out.sr;
+        Ok(out)
+    }
 }
 
 /// The SR archive and how the outbox sends (`[report]`).
@@ -60,6 +146,8 @@ pub(super) struct RawDestination {
     private_key: Option<PathBuf>,
     server_name: Option<String>,
     pinned_sha256: Option<String>,
+    outputs: Option<Vec<String>>,
+    not_analysed: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -123,6 +211,7 @@ pub(super) fn validate_destinations(
             pinned_sha256: d.pinned_sha256,
         }
         .validate(base, &host, key)?;
+        let outputs = DestinationOutputs::parse(d.outputs, d.not_analysed, key)?;
         out.push(Destination {
             name,
             ae_title,
@@ -130,6 +219,7 @@ pub(super) fn validate_destinations(
             port,
             calling_ae_title,
             tls,
+            outputs,
         });
     }
     Ok(out)

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod instances;
 pub mod jobs;
 pub mod outbox;
+pub mod outputs;
 pub mod stats;
 pub mod studies;
 

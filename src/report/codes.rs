@@ -119,6 +119,60 @@ pub const LUNG: Code = code("39607008", "SCT", "Lung");
 pub const HEART: Code = code("80891009", "SCT", "Heart");
 /// (3120008, SCT, "Pleural structure").
 pub const PLEURAL_STRUCTURE: Code = code("3120008", "SCT", "Pleural structure");
+/// (3341006, SCT, "Right lung").
+pub const RIGHT_LUNG: Code = code("3341006", "SCT", "Right lung");
+/// (44029006, SCT, "Left lung").
+pub const LEFT_LUNG: Code = code("44029006", "SCT", "Left lung");
+
+// --- regions and their measurements (TID 1410, the SEG) ---
+
+/// (123037004, SCT, "Anatomical Structure") — Segmented Property Category of every organ.
+pub const ANATOMICAL_STRUCTURE: Code = code("123037004", "SCT", "Anatomical Structure");
+/// (121214, DCM, "Referenced Segmentation Frame") — a TID 1410 region given by a SEG frame.
+pub const REFERENCED_SEGMENTATION_FRAME: Code =
+    code("121214", "DCM", "Referenced Segmentation Frame");
+/// (121233, DCM, "Source image for segmentation") — the image a SEG frame was made from.
+pub const SOURCE_IMAGE_FOR_SEGMENTATION: Code =
+    code("121233", "DCM", "Source image for segmentation");
+/// (42798000, SCT, "Area").
+pub const AREA: Code = code("42798000", "SCT", "Area");
+/// (mm2, UCUM, "square millimeter").
+pub const UCUM_MM2: Code = code("mm2", "UCUM", "square millimeter");
+
+/// An organ the segmenter names (`cxr.mask_channels`), as the SEG and the SR code it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Organ {
+    /// The segmenter channel, e.g. `right_lung`.
+    pub channel: &'static str,
+    /// The segment label, e.g. `Right lung`.
+    pub label: &'static str,
+    /// Its SNOMED CT code (Segmented Property Type, Finding Site).
+    pub code: Code,
+}
+
+/// The organs, in segment order (segment number = position + 1 among those present).
+pub const ORGANS: [Organ; 3] = [
+    Organ {
+        channel: "right_lung",
+        label: "Right lung",
+        code: RIGHT_LUNG,
+    },
+    Organ {
+        channel: "left_lung",
+        label: "Left lung",
+        code: LEFT_LUNG,
+    },
+    Organ {
+        channel: "heart",
+        label: "Heart",
+        code: HEART,
+    },
+];
+
+/// The organ of a segmenter channel, or `None` for a channel no segment is made of.
+pub fn organ(channel: &str) -> Option<&'static Organ> {
+    ORGANS.iter().find(|o| o.channel == channel)
+}
 
 /// How one Anatomy-XNet label is coded in the SR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -101,6 +101,26 @@ impl Output for BuiltObject {
     }
 }
 
+/// A Segmentation made from an analysed image, as the SR references it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegReference {
+    /// The SEG's SOP Class, SOP Instance and Series Instance UIDs.
+    pub object: ImageRef,
+    /// Each segment: its segmenter channel (`right_lung`, …) and its number, which is also its
+    /// frame number (one frame per segment).
+    pub segments: Vec<(String, u16)>,
+}
+
+/// The image outputs made from one analysed image, which the SR references: its SEG regions
+/// (TID 1410 groups, the basis of the cardiothoracic ratio) and its SC (evidence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageOutputRefs {
+    /// The analysed image's SOP Instance UID.
+    pub source_sop_instance_uid: String,
+    pub seg: Option<SegReference>,
+    pub sc: Option<ImageRef>,
+}
+
 /// The source radiograph an image output (SEG, SC) is derived from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceImage {
@@ -382,6 +402,9 @@ pub struct ReportRequest {
     pub series_instance_uid: Option<String>,
     /// Root for generated UIDs (at most 24 characters); `None` gives `2.25.<uuid>` UIDs.
     pub uid_root: Option<String>,
+    /// The SEG and SC of the analysed images, where made (empty: the SR references none).
+    #[serde(default)]
+    pub image_outputs: Vec<ImageOutputRefs>,
 }
 
 impl SourceStudy {

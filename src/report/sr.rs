@@ -21,11 +21,17 @@
 //!    CONTAINS         CODE <finding code> = Present | Absent (at the threshold)
 //!    CONTAINS         IMAGE Source of Measurement
 //!   CONTAINS CONTAINER Measurement Group "Cardiothoracic ratio #<image>" (where given):
-//!    tracking, Finding Site Heart, segmenter as algorithm, NUM Cardiothoracic ratio, IMAGE
+//!    tracking, Finding Site Heart, segmenter as algorithm, NUM Cardiothoracic ratio (INFERRED
+//!    FROM IMAGE: the SEG frames it was measured on, where the image has a SEG), IMAGE
+//!   CONTAINS CONTAINER Measurement Group (TID 1410), one per organ of the image's SEG:
+//!    tracking "<organ> #<image>", CODE Finding = organ, IMAGE Referenced Segmentation Frame
+//!    (the SEG frame of that organ), IMAGE Source image for segmentation, segmenter as
+//!    algorithm, NUM Area (mm2) where the pixel spacing is known
 //!  CONTAINS CONTAINER Qualitative Evaluations   (untrained model, or "not analysed: <reason>")
 //!   CONTAINS TEXT Comment
 //! ```
-//! The Tracking UID is derived from (study, image, label), so a revised report keeps it.
+//! The Tracking UID is derived from (study, image, label), so a revised report keeps it. The
+//! image outputs (SEG, SC) are listed in the Pertinent Other Evidence Sequence.
 
 use dicom_core::{PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
@@ -38,8 +44,8 @@ use super::dataset::{
     put_seq,
 };
 use super::{
-    AnalysedImage, Completion, ImageRef, ModelInfo, Predecessor, ReportContent, ReportRequest,
-    SourceStudy, SrError, derived_uid, format_ds, new_uid,
+    AnalysedImage, Completion, ImageOutputRefs, ImageRef, ModelInfo, Predecessor, ReportContent,
+    ReportRequest, SegReference, SourceStudy, SrError, derived_uid, format_ds, new_uid,
 };
 
 /// SOP Class UID of every SR built here: Comprehensive 3D SR Storage.
@@ -128,6 +134,14 @@ fn validate(req: &ReportRequest) -> Result<(), SrError> {
         check_uid("predecessor Series Instance UID", &p.series_instance_uid)?;
         check_uid("predecessor SOP Class UID", &p.sop_class_uid)?;
         check_uid("predecessor SOP Instance UID", &p.sop_instance_uid)?;
+    }
+    for o in &req.image_outputs {
+        if let Some(seg) = &o.seg {
+            check_image(&seg.object)?;
+        }
+        if let Some(sc) = &o.sc {
+            check_image(sc)?;
+        }
     }
     match &req.content {
         ReportContent::Findings(images) => {
@@ -468,6 +482,16 @@ fn put_evidence(obj: &mut InMemDicomObject, req: &ReportRequest) {
         tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
         vec![item],
     );
+    // our SEGs (referenced by the TID 1410 groups) and SCs, in the same study
+    let made: Vec<ImageRef> = req
+        .image_outputs
+        .iter()
+        .flat_map(|o| o.seg.iter().map(|s| s.object.clone()).chain(o.sc.clone()))
+        .collect();
+    if !made.is_empty() {
+        let item = hierarchical_reference(&req.study.study_instance_uid, &made);
+        put_seq(obj, tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE, vec![item]);
+    }
 }
 
 /// Hierarchical SOP Instance Reference Macro for one study, images grouped by series.
@@ -520,6 +544,7 @@ fn referenced_sop(img: &ImageRef) -> InMemDicomObject {
 const CONTAINS: &str = "CONTAINS";
 const HAS_OBS_CONTEXT: &str = "HAS OBS CONTEXT";
 const HAS_CONCEPT_MOD: &str = "HAS CONCEPT MOD";
+const INFERRED_FROM: &str = "INFERRED FROM";
 
 fn put_root_content(obj: &mut InMemDicomObject, req: &ReportRequest) {
     put(obj, tags::VALUE_TYPE, VR::CS, "CONTAINER");
@@ -580,7 +605,13 @@ fn root_children(req: &ReportRequest) -> Vec<InMemDicomObject> {
             let groups = analysed
                 .iter()
                 .enumerate()
-                .flat_map(|(i, img)| image_groups(&req.study, m, i + 1, img))
+                .flat_map(|(i, img)| {
+                    let outputs = req
+                        .image_outputs
+                        .iter()
+                        .find(|o| o.source_sop_instance_uid == img.image.sop_instance_uid);
+                    image_groups(&req.study, m, i + 1, img, outputs)
+                })
                 .collect();
             children.push(container(
                 CONTAINS,
@@ -626,7 +657,9 @@ fn image_groups(
     model: &ModelInfo,
     index: usize,
     img: &AnalysedImage,
+    outputs: Option<&ImageOutputRefs>,
 ) -> Vec<InMemDicomObject> {
+    let seg = outputs.and_then(|o| o.seg.as_ref());
     let mut groups: Vec<InMemDicomObject> = img
         .labels
         .iter()
@@ -680,12 +713,30 @@ fn image_groups(
             version.push_str(" UNTRAINED");
         }
         items.extend(algorithm(&model.segmenter_name, &version, None));
-        items.push(num_content(
+        let mut ratio = num_content(
             CONTAINS,
             &codes::CARDIOTHORACIC_RATIO,
             f64::from(ctr),
             &codes::UCUM_NO_UNITS,
-        ));
+        );
+        // its basis: the masks it was measured on (widest heart row / widest thorax row)
+        if let Some(seg) = seg {
+            let basis = seg
+                .segments
+                .iter()
+                .filter(|(channel, _)| codes::organ(channel).is_some())
+                .map(|(_, number)| {
+                    segment_frame_content(
+                        INFERRED_FROM,
+                        &codes::REFERENCED_SEGMENTATION_FRAME,
+                        &seg.object,
+                        *number,
+                    )
+                })
+                .collect();
+            put_seq(&mut ratio, tags::CONTENT_SEQUENCE, basis);
+        }
+        items.push(ratio);
         items.push(image_content(
             CONTAINS,
             &codes::SOURCE_OF_MEASUREMENT,
@@ -698,7 +749,67 @@ fn image_groups(
             items,
         ));
     }
+    if let Some(seg) = seg {
+        groups.extend(seg.segments.iter().filter_map(|(channel, number)| {
+            region_group(
+                study,
+                model,
+                index,
+                img,
+                seg,
+                codes::organ(channel)?,
+                *number,
+            )
+        }));
+    }
     groups
+}
+
+/// TID 1410 Planar ROI Measurements of one organ: its region is the SEG frame of its segment,
+/// with its area where the pixel spacing is known.
+fn region_group(
+    study: &SourceStudy,
+    model: &ModelInfo,
+    index: usize,
+    img: &AnalysedImage,
+    seg: &SegReference,
+    organ: &codes::Organ,
+    number: u16,
+) -> Option<InMemDicomObject> {
+    let mut items = tracking(study, img, index, organ.label, organ.channel);
+    items.push(code_content(CONTAINS, &codes::FINDING, &organ.code));
+    items.push(segment_frame_content(
+        CONTAINS,
+        &codes::REFERENCED_SEGMENTATION_FRAME,
+        &seg.object,
+        number,
+    ));
+    items.push(image_content(
+        CONTAINS,
+        &codes::SOURCE_IMAGE_FOR_SEGMENTATION,
+        &img.image,
+    ));
+    let mut version = model.segmenter_version.clone();
+    if !model.trained {
+        version.push_str(" UNTRAINED");
+    }
+    items.extend(algorithm(&model.segmenter_name, &version, None));
+    let m = &img.measurements;
+    let area = match organ.channel {
+        "right_lung" => m.right_lung_mm2,
+        "left_lung" => m.left_lung_mm2,
+        "heart" => m.heart_mm2,
+        _ => None,
+    };
+    if let Some(mm2) = area.filter(|a| a.is_finite() && *a >= 0.0) {
+        items.push(num_content(CONTAINS, &codes::AREA, mm2, &codes::UCUM_MM2));
+    }
+    Some(container(
+        CONTAINS,
+        &codes::MEASUREMENT_GROUP,
+        Some("1410"),
+        items,
+    ))
 }
 
 /// TID 4108 tracking identifier and a Tracking UID stable across revisions of the report.
@@ -818,6 +929,27 @@ fn image_content(relationship: &str, name: &Code, img: &ImageRef) -> InMemDicomO
         tags::REFERENCED_SOP_SEQUENCE,
         vec![referenced_sop(img)],
     );
+    item
+}
+
+/// An IMAGE item referencing one frame of a SEG: Referenced Frame Number only (a Referenced
+/// Segment Number may not accompany it, PS3.3 C.10.9); each of our SEG's frames is one whole
+/// segment, frame number = segment number.
+fn segment_frame_content(
+    relationship: &str,
+    name: &Code,
+    seg: &ImageRef,
+    number: u16,
+) -> InMemDicomObject {
+    let mut item = content_item(relationship, "IMAGE", name);
+    let mut sop = referenced_sop(seg);
+    put(
+        &mut sop,
+        tags::REFERENCED_FRAME_NUMBER,
+        VR::IS,
+        number.to_string(),
+    );
+    put_seq(&mut item, tags::REFERENCED_SOP_SEQUENCE, vec![sop]);
     item
 }
 

@@ -171,9 +171,9 @@ fn received_uid(what: &'static str, uid: &str) -> Result<Uid, OutboxError> {
     }
 }
 
-/// Queue one archived object for every destination, inside the caller's transaction (pass
-/// `&mut *tx`). Idempotent per (object, destination). Senders are notified when it commits.
-/// Returns the number of rows inserted.
+/// Queue one archived object for every destination that takes its kind (`outputs`), inside the
+/// caller's transaction (pass `&mut *tx`). Idempotent per (object, destination). Senders are
+/// notified when it commits. Returns the number of rows inserted.
 pub async fn enqueue(
     conn: &mut PgConnection,
     output: &dyn Output,
@@ -189,7 +189,7 @@ pub async fn enqueue(
         archive_path: &path,
     };
     let mut inserted = 0;
-    for d in destinations {
+    for d in destinations.iter().filter(|d| d.outputs.takes(new.kind)) {
         inserted += db::outbox::insert(conn, &new, d).await?;
     }
     if inserted > 0 {
