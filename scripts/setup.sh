@@ -40,3 +40,4 @@ if ((${#need[@]})); then
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 scripts/setup-python.sh
+scripts/setup-node.sh

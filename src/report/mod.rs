@@ -7,9 +7,11 @@
 //!
 //! - [`codes`]: every coded concept written, with the finding code and site of each label.
 //! - [`sr`]: the SR builder.
+//! - [`seg`]: the Segmentation (BINARY) of one image's anatomy masks.
 
 pub mod codes;
 mod dataset;
+pub mod seg;
 pub mod sr;
 
 use std::fmt::Write as _;
