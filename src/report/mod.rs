@@ -7,9 +7,12 @@
 //!
 //! - [`codes`]: every coded concept written, with the finding code and site of each label.
 //! - [`sr`]: the SR builder.
+//! - [`sc`]: the Secondary Capture builder: the results picture of one analysed image
+//!   (`analyse::overlay`) as an RGB image with burned-in annotation, in its own series.
 
 pub mod codes;
 mod dataset;
+pub mod sc;
 pub mod sr;
 
 use std::fmt::Write as _;
