@@ -120,7 +120,8 @@ enum Command {
         /// One JSON object per image and line (file, eligible, reason, probabilities, findings, timings).
         #[arg(long)]
         json: bool,
-        /// Write a PNG overlay (masks, class map of the top finding) per analysed image here.
+        /// Write the results picture (PNG: banner, organ outlines, class maps of the positive
+        /// findings, legend) of each analysed image here.
         #[arg(long)]
         overlays: Option<PathBuf>,
         /// Analyse the whole list this many times (benchmarks; every pass is printed).
@@ -324,11 +325,11 @@ fn infer(
             if let (Some(dir), Some(f), Some(p)) =
                 (&overlays, &report.findings, &report.probabilities)
             {
-                let probs: Vec<f32> = p.0.iter().map(|(_, v)| *v).collect();
                 let stem = std::path::Path::new(&report.file)
                     .file_stem()
                     .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-                if let Err(e) = overlay::write_png(&dir.join(format!("{stem}.png")), f, &probs) {
+                let picture = overlay::render(f, p);
+                if let Err(e) = overlay::write_png(&dir.join(format!("{stem}.png")), &picture) {
                     overlay_error.get_or_insert(e);
                 }
             }

@@ -8,9 +8,12 @@
 //! - [`codes`]: every coded concept written, with the finding code and site of each label.
 //! - [`sr`]: the SR builder.
 //! - [`seg`]: the Segmentation (BINARY) of one image's anatomy masks.
+//! - [`sc`]: the Secondary Capture builder: the results picture of one analysed image
+//!   (`analyse::overlay`) as an RGB image with burned-in annotation, in its own series.
 
 pub mod codes;
 mod dataset;
+pub mod sc;
 pub mod seg;
 pub mod sr;
 
