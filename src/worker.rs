@@ -12,6 +12,8 @@
 //! the worker declares itself failed (`/healthz`, `/readyz`, watchdog) so that systemd restarts
 //! the service.
 
+mod images;
+
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -259,8 +261,9 @@ async fn report_failure(
             skipped_reasons: &skipped,
             previous: None,
             failed: true,
+            visuals: Vec::new(),
         };
-        let built = issue_report(pool, storage, s, outcome).await?;
+        let (built, _) = issue_report(pool, storage, s, outcome).await?;
         Ok(Some(built))
     }
     .await;
@@ -308,7 +311,7 @@ async fn process(
     }
     // Results stay in memory until the single transaction at the end: a failed attempt commits
     // nothing, and its instances stay claimed ('analysing') for the retry.
-    let found = analyse(storage, analyser, s, &pending).await?;
+    let mut found = analyse(storage, analyser, s, &pending).await?;
     if !jobs::extend_lease(pool, job.id, &s.owner, s.lease).await? {
         return Err(JobError::LeaseLost);
     }
@@ -323,6 +326,7 @@ async fn process(
     }
     let analysed = study_findings(pool, study, &pending, &found.fresh).await?;
     let skipped_reasons: Vec<String> = found.skipped.iter().map(|(_, r)| r.clone()).collect();
+    let visuals = std::mem::take(&mut found.visuals);
     let outcome = Outcome {
         job_id: job.id,
         study,
@@ -332,26 +336,34 @@ async fn process(
         skipped_reasons: &skipped_reasons,
         previous: previous.as_ref(),
         failed: false,
+        visuals,
     };
-    let sr = issue_report(pool, storage, s, outcome).await?;
+    let (sr, problems) = issue_report(pool, storage, s, outcome).await?;
     let kind = if analysed.is_empty() {
         "not_analysed"
     } else {
         "findings"
     };
-    Ok(format!(
+    let mut summary = format!(
         "{} analysed, {} skipped, SR {sr} ({kind}) queued",
         found.fresh.len(),
         found.skipped.len(),
-    ))
+    );
+    for p in problems {
+        summary.push_str("; ");
+        summary.push_str(&p);
+    }
+    Ok(summary)
 }
 
 /// What one attempt's analysis found: the findings of each analysed image, and each skipped
 /// image with the reason.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Found {
     fresh: Vec<AnalysedImage>,
     skipped: Vec<(String, String)>,
+    /// The masks, maps and pictures of the fresh images, for their SEG and SC.
+    visuals: Vec<images::Visual>,
 }
 
 /// Run the models on the claimed instances; every image is either found or skipped.
@@ -371,9 +383,18 @@ async fn analyse(
         observe(m, &reports);
     }
     let mut found = Found::default();
-    for (p, r) in pending.iter().zip(&reports) {
+    for (p, r) in pending.iter().zip(reports) {
         match r.to_findings(p.image_ref()) {
-            Ok(f) => found.fresh.push(f),
+            Ok(f) => {
+                if let (Some(findings), Some(probabilities)) = (r.findings, r.probabilities) {
+                    found.visuals.push(images::Visual {
+                        image: f.image.clone(),
+                        findings: Box::new(findings),
+                        probabilities,
+                    });
+                }
+                found.fresh.push(f);
+            }
             Err(reason) => found.skipped.push((p.sop_instance_uid.clone(), reason)),
         }
     }
@@ -416,24 +437,44 @@ struct Outcome<'a> {
     previous: Option<&'a analysis::ReportRow>,
     /// The job failed for good (the report names the failure; the job stays failed).
     failed: bool,
+    /// The masks and pictures of this attempt's analysed images, for their SEG and SC.
+    visuals: Vec<images::Visual>,
 }
 
-/// Build the study's SR (findings, or "not analysed" when nothing is analysed), archive it, and
-/// in one transaction record the job's results, the report row and its outbox rows and complete
-/// the job (a job already failed stays failed). Returns the SR's SOP Instance UID.
+/// Build the study's outputs — the SEG and SC of each freshly analysed image, then the SR
+/// (findings referencing them, or "not analysed" when nothing is analysed) — archive them, and in
+/// one transaction record the job's results, the report row, the image outputs and their outbox
+/// rows (each destination gets the kinds it takes) and complete the job (a job already failed
+/// stays failed). Returns the SR's SOP Instance UID and why any image output was left out.
 async fn issue_report(
     pool: &PgPool,
     storage: &Arc<dyn Storage>,
     s: &WorkerSettings,
     o: Outcome<'_>,
-) -> Result<String, JobError> {
+) -> Result<(String, Vec<String>), JobError> {
     let header_key = o
         .pending
         .first()
         .map(|p| p.spool_key.clone())
         .ok_or_else(|| JobError::Report("job has no instance".into()))?;
     let source = read_source(storage, &header_key).await?;
-    let request = report_request(source, o.analysed, o.pending, o.skipped_reasons, o.previous);
+    let now = Local::now().naive_local();
+    let model = model_info(o.analysed);
+    let destinations = s.destinations.borrow().clone();
+    let issued = if o.analysed.is_empty() {
+        images::Issued::default()
+    } else {
+        let wanted = images::Wanted::by(&destinations);
+        images::make(pool, s, &source, &model, o.visuals, wanted, now).await?
+    };
+    let analysed_uids: Vec<&str> = o
+        .analysed
+        .iter()
+        .map(|a| a.image.sop_instance_uid.as_str())
+        .collect();
+    let mut request = report_request(source, o.analysed, o.pending, o.skipped_reasons, o.previous);
+    request.content_datetime = now;
+    request.image_outputs = images::study_refs(pool, o.study, &issued, &analysed_uids).await?;
     let built = Arc::new(report::build_sr(&request).map_err(|e| JobError::Report(e.to_string()))?);
     let archive_path = archive(s, built.clone()).await?;
     let kind = if o.analysed.is_empty() {
@@ -461,13 +502,19 @@ async fn issue_report(
         },
     )
     .await?;
-    let destinations = s.destinations.borrow().clone();
-    outbox::enqueue(&mut tx, &*built, &archive_path, &destinations)
+    // a "not analysed" SR goes only where it is wanted (`not_analysed`)
+    let sr_destinations: Vec<Destination> = destinations
+        .iter()
+        .filter(|d| kind == "findings" || d.outputs.not_analysed)
+        .cloned()
+        .collect();
+    images::record(&mut tx, o.job_id, &issued, &destinations).await?;
+    outbox::enqueue(&mut tx, &*built, &archive_path, &sr_destinations)
         .await
         .map_err(|e| JobError::Report(format!("cannot queue the SR: {e}")))?;
     complete(&mut tx, o.job_id, s, o.failed).await?;
     tx.commit().await?;
-    Ok(built.sop_instance_uid.clone())
+    Ok((built.sop_instance_uid.clone(), issued.problems))
 }
 
 /// Write an output into the archive (blocking I/O, off the async threads).
@@ -595,14 +642,10 @@ fn summarise(reasons: &[String]) -> String {
     }
 }
 
-fn report_request(
-    study: SourceStudy,
-    analysed: &[AnalysedImage],
-    pending: &[analysis::PendingInstance],
-    skipped: &[String],
-    previous: Option<&analysis::ReportRow>,
-) -> ReportRequest {
-    let model = match analysed.first() {
+/// The models and software named in every output, from the analysed images (placeholders
+/// for a study with none).
+fn model_info(analysed: &[AnalysedImage]) -> ModelInfo {
+    match analysed.first() {
         Some(a) => ModelInfo {
             classifier_name: a.models.classifier_name.clone(),
             classifier_version: a.models.classifier_version.clone(),
@@ -621,7 +664,17 @@ fn report_request(
             manufacturer: "cxr-worker".into(),
             software_version: env!("CARGO_PKG_VERSION").into(),
         },
-    };
+    }
+}
+
+fn report_request(
+    study: SourceStudy,
+    analysed: &[AnalysedImage],
+    pending: &[analysis::PendingInstance],
+    skipped: &[String],
+    previous: Option<&analysis::ReportRow>,
+) -> ReportRequest {
+    let model = model_info(analysed);
     let content = if analysed.is_empty() {
         ReportContent::NotAnalysed {
             received: pending.iter().map(|p| p.image_ref()).collect(),

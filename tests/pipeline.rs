@@ -9,14 +9,57 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gate::{dicom_field, validate};
+use gate::{dicom_field, image_outputs, sop_class, validate, validate_image};
 use sqlx::PgPool;
 
+/// The daemon sending its SRs to `pacs`.
 fn start(db: &TestDb, pacs: &StoreScp) -> Daemon {
     let dir = tempfile::tempdir().unwrap().keep();
     let sections = analysis_sections(pacs.port);
     let config = write_config_with(&dir, &db.url, "", &sections);
     Daemon::start_with(dir, config)
+}
+
+/// The daemon sending to `pacs` with the default outputs (SR, SEG and SC).
+fn start_all(db: &TestDb, pacs: &StoreScp) -> Daemon {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sections = analysis_sections_with(pacs.port, "");
+    let config = write_config_with(&dir, &db.url, "", &sections);
+    Daemon::start_with(dir, config)
+}
+
+const SR_CLASS: &str = "1.2.840.10008.5.1.4.1.1.88.34";
+const SEG_CLASS: &str = "1.2.840.10008.5.1.4.1.1.66.4";
+const SC_CLASS: &str = "1.2.840.10008.5.1.4.1.1.7";
+
+/// What the PACS holds: every SR through the SR gate, every image output through dciodvfy and
+/// read by highdicom.
+fn received(pacs: &StoreScp) -> (Vec<(PathBuf, serde_json::Value)>, Vec<serde_json::Value>) {
+    let (srs, images): (Vec<PathBuf>, Vec<PathBuf>) = pacs
+        .files()
+        .into_iter()
+        .partition(|p| sop_class(p) == SR_CLASS);
+    images.iter().for_each(|p| validate_image(p));
+    let srs = srs
+        .into_iter()
+        .map(|p| {
+            let v = validate(&p);
+            (p, v)
+        })
+        .collect();
+    (srs, image_outputs(&images, None))
+}
+
+/// The image outputs of one source image, of one SOP class.
+fn outputs_of<'a>(
+    images: &'a [serde_json::Value],
+    source: &str,
+    class: &str,
+) -> Vec<&'a serde_json::Value> {
+    images
+        .iter()
+        .filter(|v| v["sop_class_uid"] == class && v["sources"] == serde_json::json!([source]))
+        .collect()
 }
 
 async fn wait_for(pool: &PgPool, sql: &'static str, want: i64, within: Duration) {
@@ -47,7 +90,7 @@ fn sr_for_study<'a>(
 async fn chest_study_is_analysed_reported_sent_and_revised() {
     let db = TestDb::create().await;
     let pacs = StoreScp::start();
-    let d = start(&db, &pacs);
+    let d = start_all(&db, &pacs);
     let pool = db.pool().await;
     let chest = fixture("RG1_UNCR.dcm"); // chest CR PA
     let dx = fixture("966_fixed.dcm"); // chest DX PA, another study
@@ -55,10 +98,11 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
     let acks = pynetdicom_send(&d, "MODALITY", 1, &[chest.clone(), dx.clone(), hip.clone()]);
     assert!(acks.iter().all(|a| a.status == 0), "{acks:?}");
 
+    // three SRs, and a SEG and an SC for each of the two analysed images
     wait_for(
         &pool,
         "SELECT count(*) FROM outbox WHERE state = 'sent'",
-        3,
+        7,
         Duration::from_secs(120),
     )
     .await;
@@ -115,15 +159,9 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
     );
 
     // every SR that reached the PACS passes the validators and says what the database says
-    let srs: Vec<(PathBuf, serde_json::Value)> = pacs
-        .files()
-        .into_iter()
-        .map(|p| {
-            let v = validate(&p);
-            (p, v)
-        })
-        .collect();
+    let (srs, images) = received(&pacs);
     assert_eq!(srs.len(), 3);
+    assert_eq!(images.len(), 4, "{images:#?}");
     let chest_study = dicom_field(&chest, "0020,000d");
     let chest_sop = dicom_field(&chest, "0008,0018");
     let mine = sr_for_study(&srs, &chest_study);
@@ -160,6 +198,55 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
             .iter()
             .any(|t| t.as_str().unwrap().contains("UNTRAINED"))
     );
+    // the chest image's SEG (three organs, at the source geometry) and SC (an RGB picture with
+    // burned-in annotation, colour on it), in the same study, referenced by the SR
+    let seg = outputs_of(&images, &chest_sop, SEG_CLASS);
+    let sc = outputs_of(&images, &chest_sop, SC_CLASS);
+    assert_eq!((seg.len(), sc.len()), (1, 1), "{images:#?}");
+    let (seg, sc) = (seg[0], sc[0]);
+    for o in [seg, sc] {
+        assert_eq!(o["study_instance_uid"], chest_study.as_str());
+        assert_eq!(o["instance_number"], 1);
+    }
+    let labels: Vec<&str> = seg["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["Right lung", "Left lung", "Heart"]);
+    assert_eq!(seg["frames"], 3);
+    assert_eq!(sc["photometric"], "RGB");
+    assert_eq!(sc["burned_in"], "YES");
+    assert!(
+        sc["rows"]
+            .as_u64()
+            .unwrap()
+            .max(sc["columns"].as_u64().unwrap())
+            >= 1024
+    );
+    assert!(sc["colour_pixels"].as_u64().unwrap() > 1000, "{sc}");
+    let mut made = vec![
+        seg["sop_instance_uid"].as_str().unwrap(),
+        sc["sop_instance_uid"].as_str().unwrap(),
+    ];
+    made.sort();
+    assert_eq!(sr["other_evidence"], serde_json::json!(made));
+    let regions = sr["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 3, "{sr}");
+    assert!(
+        regions
+            .iter()
+            .all(|r| r["seg"] == seg["sop_instance_uid"] && r["source"] == chest_sop.as_str()),
+        "{regions:?}"
+    );
+    if !seg["device_uid"].as_str().unwrap_or_default().is_empty() {
+        assert_eq!(
+            seg["device_uid"], sr["device_uid"],
+            "one Device UID for SR and SEG"
+        );
+    }
+
     let hip_study = dicom_field(&hip, "0020,000d");
     let hip_sr = &sr_for_study(&srs, &hip_study)[0].1;
     assert!(
@@ -184,28 +271,40 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
     assert_eq!(dicom_field(&late, "0020,000d"), chest_study);
     let acks = pynetdicom_send(&d, "MODALITY", 1, std::slice::from_ref(&late));
     assert_eq!(acks[0].status, 0);
+    // the revised SR, and the late image's SEG and SC
     wait_for(
         &pool,
         "SELECT count(*) FROM outbox WHERE state = 'sent'",
-        4,
+        10,
         Duration::from_secs(120),
     )
     .await;
-    let srs: Vec<(PathBuf, serde_json::Value)> = pacs
-        .files()
-        .into_iter()
-        .map(|p| {
-            let v = validate(&p);
-            (p, v)
-        })
-        .collect();
+    let (srs, images) = received(&pacs);
     let revised: Vec<_> = sr_for_study(&srs, &chest_study)
         .into_iter()
         .filter(|(_, v)| v["instance_number"] == 2)
         .collect();
     assert_eq!(revised.len(), 1);
-    assert_eq!(revised[0].1["predecessor"], serde_json::json!([first_uid]));
-    assert_eq!(revised[0].1["evidence"].as_array().unwrap().len(), 2);
+    let revised = &revised[0].1;
+    assert_eq!(revised["predecessor"], serde_json::json!([first_uid]));
+    assert_eq!(revised["evidence"].as_array().unwrap().len(), 2);
+    // every output revised consistently: the late image's SEG and SC continue the study's SEG
+    // and SC series, and the revised SR references the SEG and SC of both images
+    let late_sop = dicom_field(&late, "0008,0018");
+    let late_seg = outputs_of(&images, &late_sop, SEG_CLASS);
+    let late_sc = outputs_of(&images, &late_sop, SC_CLASS);
+    assert_eq!((late_seg.len(), late_sc.len()), (1, 1), "{images:#?}");
+    for (new, first) in [(late_seg[0], seg), (late_sc[0], sc)] {
+        assert_eq!(new["series_instance_uid"], first["series_instance_uid"]);
+        assert_eq!(new["instance_number"], 2);
+    }
+    let mut want: Vec<String> = [seg, sc, late_seg[0], late_sc[0]]
+        .iter()
+        .map(|o| o["sop_instance_uid"].as_str().unwrap().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(revised["other_evidence"], serde_json::json!(want));
+    assert_eq!(revised["regions"].as_array().unwrap().len(), 6, "{revised}");
 
     // no patient names or IDs in the logs
     let log = d.log_text();
@@ -217,6 +316,67 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
             }
         }
     }
+}
+
+/// Each destination gets the outputs it chose: one with `outputs = ["sr"]` and `not_analysed =
+/// false` gets the findings SR only; one with the defaults gets the SRs (the "not analysed" one
+/// too), the SEG and the SC.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_destination_gets_the_outputs_it_chose() {
+    let db = TestDb::create().await;
+    let (full, sr_only) = (StoreScp::start(), StoreScp::start());
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sections = format!(
+        "{}\n[[destinations]]\nname = \"sr-only\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\n\
+         port = {}\noutputs = [\"sr\"]\nnot_analysed = false\n",
+        analysis_sections_with(full.port, ""),
+        sr_only.port
+    );
+    let config = write_config_with(&dir, &db.url, "", &sections);
+    let d = Daemon::start_with(dir, config);
+    let pool = db.pool().await;
+    let chest = fixture("RG1_UNCR.dcm");
+    let hip = fixture("RG2_RLE.dcm"); // not chest: a "not analysed" SR
+    let acks = pynetdicom_send(&d, "MODALITY", 1, &[chest.clone(), hip]);
+    assert!(acks.iter().all(|a| a.status == 0), "{acks:?}");
+    // outbox rows are written with their report, in one transaction: once both reports exist
+    // every row is there
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM reports",
+        2,
+        Duration::from_secs(120),
+    )
+    .await;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT destination_name, kind FROM outbox ORDER BY destination_name, kind")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let of = |name: &str| {
+        rows.iter()
+            .filter(|r| r.0 == name)
+            .map(|r| r.1.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("PACS"), ["sc", "seg", "sr", "sr"], "{rows:?}");
+    assert_eq!(of("sr-only"), ["sr"], "{rows:?}");
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM outbox WHERE state = 'sent'",
+        5,
+        Duration::from_secs(120),
+    )
+    .await;
+    let files = sr_only.files();
+    assert_eq!(files.len(), 1);
+    assert_eq!(sop_class(&files[0]), SR_CLASS);
+    let sr = validate(&files[0]);
+    assert_eq!(
+        sr["study_instance_uid"],
+        dicom_field(&chest, "0020,000d").as_str()
+    );
+    assert_eq!(full.files().len(), 4);
 }
 
 /// UIDs are referenced exactly as received: a study whose UIDs have leading-zero components

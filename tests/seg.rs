@@ -187,7 +187,12 @@ fn expected(req: &SegRequest, built: &BuiltSeg) -> (Value, Vec<u8>) {
         "rows": req.source.rows,
         "columns": req.source.columns,
         "algorithm_name": m.segmenter_name,
-        "algorithm_version": m.algorithm_version(),
+        // the segmenter's own version, marked when untrained
+        "algorithm_version": if m.trained {
+            m.segmenter_version.clone()
+        } else {
+            format!("{} UNTRAINED", m.segmenter_version)
+        },
         "algorithm_parameters": if m.trained { Value::Null } else { json!({"weights": "untrained"}) },
         "segment_description": if m.trained { Value::Null } else { json!(UNTRAINED_COMMENT) },
         "source": {

@@ -8,7 +8,8 @@
 //! - [`contract`]: the model contract, checked at load.
 //! - [`infer`]: ONNX Runtime sessions, execution providers, batched runs.
 //! - [`masks`]: the segmenter's masks resampled to the source (SEG) or display geometry.
-//! - [`overlay`]: PNG pictures of masks and class maps.
+//! - [`overlay`]: the results picture of an analysed image (the Secondary Capture's pixels, or a
+//!   PNG for the CLI).
 //! - [`analyser`]: the per-file flow, timings and serialisable results.
 
 pub mod analyser;

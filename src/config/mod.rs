@@ -483,12 +483,19 @@ mod tests {
                 host = "pacs2.example.org"
                 port = 104
                 calling_ae_title = "CXR_OUT"
+                outputs = ["sr", "sc"]
+                not_analysed = false
                 "#
             ),
             &[],
         )
         .unwrap();
         assert_eq!(c.destinations.len(), 2);
+        // the default: SR, SEG and SC, and the "not analysed" SR
+        assert_eq!(c.destinations[0].outputs, DestinationOutputs::default());
+        let o = c.destinations[1].outputs;
+        assert!(o.sr && !o.seg && o.sc && !o.not_analysed, "{o:?}");
+        assert!(o.takes("sc") && !o.takes("seg") && !o.takes("other"));
         assert_eq!(c.destinations[0].name, "ORTHANC");
         assert_eq!(c.destinations[0].calling_ae_title.as_str(), "CXR_WORKER");
         assert_eq!(c.destinations[1].name, "backup");
@@ -526,6 +533,18 @@ mod tests {
             (
                 "ae_title = \"B\"\nhost = \"h\"\nport = 104\ncalling_ae_title = \"\"",
                 "destinations[1].calling_ae_title",
+            ),
+            (
+                "ae_title = \"B\"\nhost = \"h\"\nport = 104\noutputs = [\"sr\", \"gsps\"]",
+                "destinations[1].outputs",
+            ),
+            (
+                "ae_title = \"B\"\nhost = \"h\"\nport = 104\noutputs = []",
+                "destinations[1].outputs",
+            ),
+            (
+                "ae_title = \"B\"\nhost = \"h\"\nport = 104\noutputs = [\"seg\"]\nnot_analysed = true",
+                "destinations[1].not_analysed",
             ),
         ];
         for (body, key) in cases {

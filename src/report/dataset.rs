@@ -107,3 +107,9 @@ fn has_non_ascii(obj: &InMemDicomObject) -> bool {
         _ => false,
     })
 }
+
+/// A text for an LO element: backslashes (the value separator) become slashes, and it is cut at
+/// 64 characters, the VR's limit (model names and versions come from model metadata).
+pub(super) fn lo(s: &str) -> String {
+    s.replace('\\', "/").chars().take(64).collect()
+}

@@ -16,8 +16,8 @@ use dicom_object::meta::FileMetaTableBuilder;
 
 use super::codes::Code;
 use super::dataset::{
-    DEVICE_NAME, character_set, code_seq_item, put, put_equipment, put_general_study, put_patient,
-    put_seq,
+    DEVICE_NAME, character_set, code_seq_item, lo, put, put_equipment, put_general_study,
+    put_patient, put_seq,
 };
 use super::{
     BuiltObject, ImageRef, ModelInfo, OutputKind, Placement, SourceImage, SourceStudy, new_uid,
@@ -399,10 +399,6 @@ fn put_image_pixel(obj: &mut InMemDicomObject, req: &ScRequest) {
 }
 
 /// A LO value: at most 64 characters, no backslash.
-fn lo(s: &str) -> String {
-    s.replace('\\', "/").chars().take(64).collect()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 mod tests {

@@ -28,9 +28,9 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use dicom_object::meta::FileMetaTableBuilder;
 
-use super::codes::{self, Code};
+use super::codes::{ANATOMICAL_STRUCTURE, Code, ORGANS, Organ, organ};
 use super::dataset::{
-    character_set, code_seq_item, put, put_equipment, put_general_study, put_patient, put_seq,
+    character_set, code_seq_item, lo, put, put_equipment, put_general_study, put_patient, put_seq,
 };
 use super::sr::UNTRAINED_COMMENT;
 use super::{
@@ -47,56 +47,6 @@ pub const SERIES_DESCRIPTION: &str = "AI anatomy segmentation";
 
 /// Content Label (0070,0080) of every SEG (a CS value).
 pub const CONTENT_LABEL: &str = "ANATOMY";
-
-/// An organ the segmenter outlines: its channel name and how the SEG names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Organ {
-    /// The segmenter's channel name (`cxr.mask_channels`).
-    pub channel: &'static str,
-    /// Segment Label (0062,0005).
-    pub label: &'static str,
-    /// Segmented Property Type (0062,000F): the SNOMED CT code of the organ.
-    pub property_type: Code,
-}
-
-/// The known organs, in segment order: a SEG's segment 1 is the first of these that the
-/// segmenter gave, and so on. Codes: SNOMED CT 3341006 "Right lung", 44029006 "Left lung"
-/// (preferred terms of "Right/Left lung structure"; pydicom 3.0.2's code dictionary does not
-/// list them) and 80891009 "Heart" (as pydicom's `codes.SCT.Heart`).
-pub static ORGANS: [Organ; 3] = [
-    Organ {
-        channel: "right_lung",
-        label: "Right lung",
-        property_type: Code {
-            value: "3341006",
-            scheme: "SCT",
-            meaning: "Right lung",
-        },
-    },
-    Organ {
-        channel: "left_lung",
-        label: "Left lung",
-        property_type: Code {
-            value: "44029006",
-            scheme: "SCT",
-            meaning: "Left lung",
-        },
-    },
-    Organ {
-        channel: "heart",
-        label: "Heart",
-        property_type: codes::HEART,
-    },
-];
-
-/// Segmented Property Category of every segment: (123037004, SCT, "Anatomical Structure"), as
-/// highdicom, dcmjs and dcmqi write it (pydicom 3.0.2's CID 7150 still lists the inactive
-/// SNOMED CT 91723000 for it).
-pub const ANATOMICAL_STRUCTURE: Code = Code {
-    value: "123037004",
-    scheme: "SCT",
-    meaning: "Anatomical Structure",
-};
 
 /// Algorithm Family (CID 7162): (123110, DCM, "Artificial Intelligence").
 pub const ARTIFICIAL_INTELLIGENCE: Code = Code {
@@ -123,11 +73,6 @@ pub const SOURCE_FOR_PROCESSING: Code = Code {
 /// Algorithm Parameters (0066,0032) of an untrained segmenter (`key=value`, as highdicom reads
 /// them).
 pub const UNTRAINED_PARAMETERS: &str = "weights=untrained";
-
-/// The organ a segmenter channel names, if any.
-pub fn organ(channel: &str) -> Option<&'static Organ> {
-    ORGANS.iter().find(|o| o.channel == channel)
-}
 
 /// Everything [`build_seg`] needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -304,7 +249,7 @@ fn segment_info(s: &Segment<'_>) -> SegmentInfo {
         number: s.number,
         channel: s.organ.channel.to_string(),
         label: s.organ.label.to_string(),
-        property_type: &s.organ.property_type,
+        property_type: &s.organ.code,
     }
 }
 
@@ -524,7 +469,7 @@ fn segment_item(s: &Segment<'_>, model: &ModelInfo) -> InMemDicomObject {
         &mut item,
         tags::SEGMENT_ALGORITHM_NAME,
         VR::LO,
-        model.segmenter_name.as_str(),
+        lo(&model.segmenter_name),
     );
     put_seq(
         &mut item,
@@ -539,7 +484,7 @@ fn segment_item(s: &Segment<'_>, model: &ModelInfo) -> InMemDicomObject {
     put_seq(
         &mut item,
         tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE,
-        vec![code_seq_item(&s.organ.property_type)],
+        vec![code_seq_item(&s.organ.code)],
     );
     item
 }
@@ -556,14 +501,14 @@ fn algorithm_item(model: &ModelInfo) -> InMemDicomObject {
         &mut item,
         tags::ALGORITHM_NAME,
         VR::LO,
-        model.segmenter_name.as_str(),
+        lo(&model.segmenter_name),
     );
-    put(
-        &mut item,
-        tags::ALGORITHM_VERSION,
-        VR::LO,
-        model.algorithm_version(),
-    );
+    // the segmenter's own version (the classifier plays no part in the masks)
+    let mut version = model.segmenter_version.clone();
+    if !model.trained {
+        version.push_str(" UNTRAINED");
+    }
+    put(&mut item, tags::ALGORITHM_VERSION, VR::LO, lo(&version));
     if !model.trained {
         put(
             &mut item,

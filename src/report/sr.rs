@@ -40,8 +40,8 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use super::codes::{self, Code};
 use super::dataset::{
-    DEVICE_NAME, character_set, code_seq_item, put, put_equipment, put_general_study, put_patient,
-    put_seq,
+    DEVICE_NAME, character_set, code_seq_item, lo, put, put_equipment, put_general_study,
+    put_patient, put_seq,
 };
 use super::{
     AnalysedImage, Completion, ImageOutputRefs, ImageRef, ModelInfo, Predecessor, ReportContent,
@@ -357,9 +357,9 @@ fn contributing_equipment(req: &ReportRequest) -> InMemDicomObject {
     );
     put(&mut item, tags::DEVICE_UID, VR::UI, m.device_uid());
     let versions = vec![
-        lo(format!("{} {}", m.classifier_name, m.classifier_version)),
-        lo(format!("{} {}", m.segmenter_name, m.segmenter_version)),
-        lo(format!("{DEVICE_NAME} {}", m.software_version)),
+        lo(&format!("{} {}", m.classifier_name, m.classifier_version)),
+        lo(&format!("{} {}", m.segmenter_name, m.segmenter_version)),
+        lo(&format!("{DEVICE_NAME} {}", m.software_version)),
     ];
     put(
         &mut item,
@@ -385,10 +385,6 @@ fn contributing_equipment(req: &ReportRequest) -> InMemDicomObject {
 }
 
 /// A LO value: at most 64 characters, no backslash.
-fn lo(s: String) -> String {
-    s.replace('\\', "/").chars().take(64).collect()
-}
-
 fn request_item(r: &super::RequestReference) -> InMemDicomObject {
     let mut item = InMemDicomObject::new_empty();
     put(

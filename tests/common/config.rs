@@ -79,6 +79,14 @@ format = "json"
 /// Config sections for a daemon that analyses (one worker, 1 s quiet period, quick polling) and
 /// sends its SRs to the AE `PACS` on 127.0.0.1:`pacs_port`.
 pub fn analysis_sections(pacs_port: u16) -> String {
+    // the SR only: the tests of jobs, reloads and admin count SRs; the image outputs (SEG, SC)
+    // have their own tests (pipeline, orthanc_e2e)
+    analysis_sections_with(pacs_port, "outputs = [\"sr\"]")
+}
+
+/// [`analysis_sections`] with `destination` lines added to the PACS destination (`""`: the
+/// defaults, every output).
+pub fn analysis_sections_with(pacs_port: u16, destination: &str) -> String {
     format!(
         r#"
 [study]
@@ -93,6 +101,7 @@ retry_base_secs = 0.5
 ae_title = "PACS"
 host = "127.0.0.1"
 port = {pacs_port}
+{destination}
 "#
     )
 }

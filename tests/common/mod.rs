@@ -20,7 +20,7 @@ mod pynetdicom;
 
 #[allow(unused_imports)]
 pub use {
-    config::{AE, analysis_sections, write_config, write_config_with},
+    config::{AE, analysis_sections, analysis_sections_with, write_config, write_config_with},
     daemon::Daemon,
     db::{TestDb, admin_url},
     dcmtk::StoreScp,

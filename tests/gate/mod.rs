@@ -47,3 +47,47 @@ pub fn dicom_field(path: &Path, tag: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The gate of an image output (SEG, SC): dciodvfy prints no `Error` line and does not crash.
+pub fn validate_image(path: &Path) {
+    let v = run("dciodvfy", &[path.to_str().unwrap()]);
+    let out = text(&v);
+    assert!(
+        v.status.code().is_some_and(|c| c < 128),
+        "dciodvfy crashed: {out}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("Error")),
+        "dciodvfy errors in {}:\n{out}",
+        path.display()
+    );
+}
+
+/// What highdicom reads from image outputs (tests/python/image_outputs.py), one JSON object per
+/// file; with `masks`, each SEG is compared pixel for pixel with the masks in that directory.
+pub fn image_outputs(files: &[std::path::PathBuf], masks: Option<&Path>) -> Vec<serde_json::Value> {
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let mut cmd = Command::new(python());
+    cmd.arg(root().join("tests/python/image_outputs.py"));
+    if let Some(dir) = masks {
+        cmd.arg("--masks").arg(dir);
+    }
+    let h = cmd.args(files).output().unwrap();
+    assert!(h.status.success(), "image_outputs.py: {}", text(&h));
+    serde_json::from_slice(&h.stdout).unwrap()
+}
+
+/// The SOP Class UID of a DICOM file (dcmdump, UIDs as numbers).
+pub fn sop_class(path: &Path) -> String {
+    let o = run(
+        "dcmdump",
+        &["-q", "-Un", "+P", "0008,0016", path.to_str().unwrap()],
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .split(['[', ']'])
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}

@@ -82,6 +82,13 @@ for g in sr.content.get_planar_roi_measurement_groups():
     })
 
 
+def device(items):
+    for it in items:
+        names = it.get("ConceptNameCodeSequence", [])
+        if it.ValueType == "UIDREF" and names and names[0].CodeValue == "121012":
+            out["device_uid"] = str(it.UID)
+
+
 def ctr(items):
     for it in items:
         names = it.get("ConceptNameCodeSequence", [])
@@ -94,4 +101,5 @@ def ctr(items):
 
 
 ctr(ds.ContentSequence)
+device(ds.ContentSequence)
 print(json.dumps(out))
