@@ -73,17 +73,28 @@ fn scp_sop_classes_match_the_code() {
 }
 
 #[test]
-fn scu_sop_classes_are_the_sr_we_send() {
+fn scu_sop_classes_are_the_outputs_we_send() {
     let rows = table(&statement(), "scu-sop-classes");
     assert!(
         rows.iter().all(|r| r.len() == 3 && r[2] == "SCU"),
         "{rows:?}"
     );
     let doc = name_uid_pairs(&rows);
-    let code = BTreeSet::from([(
-        uids::COMPREHENSIVE3_DSR_STORAGE.to_string(),
-        "Comprehensive 3D SR Storage".to_string(),
-    )]);
+    // the SOP classes of the builders: the SR, the SEG and the SC
+    let code = BTreeSet::from([
+        (
+            cxr_worker::report::sr::SR_SOP_CLASS_UID.to_string(),
+            "Comprehensive 3D SR Storage".to_string(),
+        ),
+        (
+            cxr_worker::report::seg::SEG_SOP_CLASS_UID.to_string(),
+            "Segmentation Storage".to_string(),
+        ),
+        (
+            cxr_worker::report::sc::SC_SOP_CLASS_UID.to_string(),
+            "Secondary Capture Image Storage".to_string(),
+        ),
+    ]);
     assert_eq!(doc, code, "{}", diff(&doc, &code));
 }
 

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use gate::{dicom_field, validate};
+use cxr_worker::analyse::analyser::display_size;
+use cxr_worker::analyse::overlay::image_rect;
+use gate::{dicom_field, image_outputs, validate, validate_image};
 use orthanc::{Orthanc, daemon_config};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -30,18 +32,25 @@ struct Site {
 }
 
 impl Site {
+    /// Orthanc receives the SRs only.
     async fn start(study: &str) -> Self {
-        Self::start_with(study, "").await
+        Self::start_with(study, "", "outputs = [\"sr\"]").await
     }
 
-    /// With `dicom_extra` lines in the daemon's `[dicom]` section.
-    async fn start_with(study: &str, dicom_extra: &str) -> Self {
+    /// With `dicom_extra` lines in the daemon's `[dicom]` section and `destination` lines in
+    /// Orthanc's `[[destinations]]` entry (`""`: the default outputs, SR, SEG and SC).
+    async fn start_with(study: &str, dicom_extra: &str, destination: &str) -> Self {
         let db = TestDb::create().await;
         let pool = db.pool().await;
         let orthanc = reserve_port(); // held until Orthanc starts on it
         let orthanc_port = orthanc.port();
         let dir = tempfile::tempdir().unwrap().keep();
-        let config = daemon_config(&dir, &db.url, orthanc_port, (study, dicom_extra, ""));
+        let config = daemon_config(
+            &dir,
+            &db.url,
+            orthanc_port,
+            (study, dicom_extra, destination),
+        );
         let daemon = Daemon::start_with(dir, config);
         let pacs = Orthanc::start_with_peer(orthanc, AE, daemon.addr.port());
         Self {
@@ -69,15 +78,26 @@ impl Site {
     /// Wait until Orthanc holds at least `want` SRs in the study; returns them, downloaded
     /// (`/instances/ID/file`) into a temporary folder, with their simplified tags.
     fn wait_srs(&self, study_id: &str, want: usize, within: Duration) -> Vec<(PathBuf, Value)> {
+        self.wait_instances(study_id, "SR", want, within)
+    }
+
+    /// [`Self::wait_srs`] for instances of any modality (`SEG`, `OT` for our SC).
+    fn wait_instances(
+        &self,
+        study_id: &str,
+        modality: &str,
+        want: usize,
+        within: Duration,
+    ) -> Vec<(PathBuf, Value)> {
         let deadline = Instant::now() + within;
         loop {
-            let srs = self.pacs.srs_of_study(study_id);
+            let srs = self.pacs.instances_of_study(study_id, modality);
             if srs.len() >= want {
                 return srs.into_iter().map(|t| (self.download(&t), t)).collect();
             }
             assert!(
                 Instant::now() < deadline,
-                "{} SR(s) in Orthanc study {study_id} after {within:?}, want {want}\ndaemon log:\n{}",
+                "{} {modality} instance(s) in Orthanc study {study_id} after {within:?}, want {want}\ndaemon log:\n{}",
                 srs.len(),
                 self.daemon.log_text()
             );
@@ -150,7 +170,8 @@ async fn assert_findings_match(pool: &PgPool, sr: &Value, sop: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orthanc_pushes_studies_and_stores_validated_srs_then_a_revision() {
-    let site = Site::start("quiet_period_secs = 1").await;
+    // Orthanc takes every output: the SR, the SEG and the SC
+    let site = Site::start_with("quiet_period_secs = 1", "", "").await;
     let chest = fixture("RG1_UNCR.dcm"); // chest CR PA
     let dx = fixture("966_fixed.dcm"); // chest DX PA (JPEG 2000), another study
     let knee = fixture("RG3_UNCR.dcm"); // extremity CR: not chest
@@ -177,6 +198,75 @@ async fn orthanc_pushes_studies_and_stores_validated_srs_then_a_revision() {
         assert_eq!(sr["evidence"], serde_json::json!([sop]));
         assert_eq!(sr["predecessor"], serde_json::json!([]));
         assert_findings_match(&site.pool, sr, &sop).await;
+    }
+
+    // each analysed image's SEG and SC, filed by Orthanc under the same study, referencing the
+    // image; the SR references exactly them; Orthanc's rendered preview of the SC shows colour
+    // inside the lung fields (the SEG's, mapped into the picture) and text in the banner
+    for (((_, study_id), file), (sr, _)) in uploaded.iter().zip([&chest, &dx]).zip(&received) {
+        let sop = dicom_field(file, "0008,0018");
+        let segs = site.wait_instances(study_id, "SEG", 1, Duration::from_secs(60));
+        let scs = site.wait_instances(study_id, "OT", 1, Duration::from_secs(60));
+        assert_eq!((segs.len(), scs.len()), (1, 1), "{}", file.display());
+        let ((seg_path, _), (sc_path, sc_tags)) = (&segs[0], &scs[0]);
+        validate_image(seg_path);
+        validate_image(sc_path);
+        let read = image_outputs(&[seg_path.clone(), sc_path.clone()], None);
+        assert!(
+            read.iter()
+                .all(|o| o["sources"] == serde_json::json!([sop])
+                    && o["study_instance_uid"] == dicom_field(file, "0020,000d").as_str()),
+            "{read:#?}"
+        );
+        let mut made: Vec<&str> = read
+            .iter()
+            .map(|o| o["sop_instance_uid"].as_str().unwrap())
+            .collect();
+        made.sort();
+        assert_eq!(sr["other_evidence"], serde_json::json!(made));
+        let preview = site.pacs.dir.join(format!("{sop}.preview.png"));
+        let png = site
+            .pacs
+            .get_bytes(&format!("/instances/{}/preview", sc_tags["ID"].as_str().unwrap()));
+        std::fs::write(&preview, png).unwrap();
+        let header = dicom_object::OpenFileOptions::new()
+            .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+            .open_file(file)
+            .unwrap();
+        let size = |tag| header.element(tag).unwrap().to_int::<usize>().unwrap();
+        let (w, h) = display_size(
+            size(dicom_dictionary_std::tags::ROWS),
+            size(dicom_dictionary_std::tags::COLUMNS),
+        );
+        let r = image_rect(w, h, false);
+        let out = run(
+            python().to_str().unwrap(),
+            &[
+                root().join("tests/python/check_preview.py").to_str().unwrap(),
+                preview.to_str().unwrap(),
+                seg_path.to_str().unwrap(),
+                &r.left.to_string(),
+                &r.top.to_string(),
+                &r.width.to_string(),
+                &r.height.to_string(),
+            ],
+        );
+        assert!(out.status.success(), "check_preview.py: {}", text(&out));
+        let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!("preview of {}: {stats}", file.display());
+        assert_eq!(
+            stats["size"],
+            serde_json::json!([sc_tags["Columns"].as_str().unwrap().parse::<u64>().unwrap(),
+                               sc_tags["Rows"].as_str().unwrap().parse::<u64>().unwrap()])
+        );
+        assert!(stats["lung_pixels"].as_u64().unwrap() > 1000, "{stats}");
+        assert!(stats["lung_coloured_fraction"].as_f64().unwrap() > 0.9, "{stats}");
+        assert!(stats["banner_bright_pixels"].as_u64().unwrap() > 500, "{stats}");
+        if let Some(keep) = std::env::var_os("CXR_PREVIEW_KEEP_DIR") {
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::copy(&preview, Path::new(&keep).join(preview.file_name().unwrap())).unwrap();
+            std::fs::copy(seg_path, Path::new(&keep).join(format!("{sop}.seg.dcm"))).unwrap();
+        }
     }
 
     // the non-chest study: a report that says it was not analysed, and why
@@ -233,6 +323,20 @@ async fn orthanc_pushes_studies_and_stores_validated_srs_then_a_revision() {
     both.sort();
     assert_eq!(revised["evidence"], serde_json::json!(both));
     assert_findings_match(&site.pool, &revised, &late_sop).await;
+    // the late image's SEG and SC continue the study's series; the revision references all four
+    let segs = site.wait_instances(chest_study_id, "SEG", 2, Duration::from_secs(60));
+    let scs = site.wait_instances(chest_study_id, "OT", 2, Duration::from_secs(60));
+    assert_eq!((segs.len(), scs.len()), (2, 2));
+    assert_eq!(revised["other_evidence"].as_array().unwrap().len(), 4, "{revised}");
+    for (_, t) in segs.iter().chain(&scs) {
+        assert!(
+            revised["other_evidence"]
+                .as_array()
+                .unwrap()
+                .contains(&t["SOPInstanceUID"]),
+            "{t}"
+        );
+    }
 
     // every SR was sent exactly once; nothing else is pending
     let rows: Vec<(String, i64)> = sqlx::query_as(
@@ -242,7 +346,8 @@ async fn orthanc_pushes_studies_and_stores_validated_srs_then_a_revision() {
     .fetch_all(&site.pool)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 4, "{rows:?}");
+    // four SRs; a SEG and an SC for each of the three analysed images
+    assert_eq!(rows.len(), 10, "{rows:?}");
     assert!(rows.iter().all(|(s, n)| s == "sent" && *n == 1), "{rows:?}");
 }
 
@@ -391,7 +496,7 @@ async fn daemon_killed_mid_job_restarts_and_sends_one_sr_per_study() {
 #[tokio::test(flavor = "multi_thread")]
 async fn orthanc_pushes_a_secondary_capture_chest_film_when_sc_is_configured() {
     let sc = r#"accepted_sop_classes = ["1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.7"]"#;
-    let site = Site::start_with("quiet_period_secs = 1", sc).await;
+    let site = Site::start_with("quiet_period_secs = 1", sc, "outputs = [\"sr\"]").await;
     let siim = fixture("siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm");
     let uploaded = site.upload(&[&siim]);
     site.pacs.push(&[uploaded[0].1.as_str()]);

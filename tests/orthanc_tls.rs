@@ -27,6 +27,7 @@ fn config(dir: &Path, db_url: &str, pki: &Path, orthanc_port: u16) -> PathBuf {
     let p = |f: &str| pki.join(f).display().to_string();
     let tls = format!(
         r#"tls = true
+outputs = ["sr"]
 ca_file = "{ca}"
 certificate = "{crt}"
 private_key = "{key}"

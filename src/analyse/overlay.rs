@@ -168,19 +168,42 @@ struct Drawn {
     colour: Rgb,
 }
 
+/// The banner's lines: always the AI-result line, and the untrained warning when so.
+fn banner_lines(trained: bool) -> Vec<(&'static str, Rgb)> {
+    let mut banner = vec![(BANNER_TEXT, BANNER_COLOUR)];
+    if !trained {
+        banner.push((UNTRAINED_TEXT, WARNING_COLOUR));
+    }
+    banner
+}
+
+/// Where a display image of `width`×`height` lies in its picture: below the banner, centred.
+/// What a reader of the picture (a test, a viewer's measurement) needs to map its pixels back
+/// to the source image.
+pub fn image_rect(width: usize, height: usize, trained: bool) -> Rect {
+    let canvas = width.max(MIN_WIDTH);
+    let banner = banner_lines(trained);
+    let scale = banner_scale(&banner, canvas - 2 * MARGIN);
+    let banner_height =
+        2 * MARGIN + banner.len() * 8 * scale + (banner.len() - 1) * line_gap(scale);
+    Rect {
+        left: (canvas - width) / 2,
+        top: banner_height,
+        width,
+        height,
+    }
+}
+
 /// Render the picture of one analysed image (see the module documentation).
 pub fn render(findings: &Findings, probabilities: &LabelMap<f32>) -> Picture {
     let display = &findings.display;
     let width = display.width.max(MIN_WIDTH);
     let text_width = width - 2 * MARGIN;
 
-    let mut banner = vec![(BANNER_TEXT, BANNER_COLOUR)];
-    if !findings.trained {
-        banner.push((UNTRAINED_TEXT, WARNING_COLOUR));
-    }
+    let banner = banner_lines(findings.trained);
     let banner_scale = banner_scale(&banner, text_width);
-    let banner_height =
-        2 * MARGIN + banner.len() * 8 * banner_scale + (banner.len() - 1) * line_gap(banner_scale);
+    let image = image_rect(display.width, display.height, findings.trained);
+    let banner_height = image.top;
 
     let (positives, drawn) = drawn_findings(findings, probabilities);
     let legend = legend(findings, probabilities, positives, &drawn);
@@ -188,12 +211,6 @@ pub fn render(findings: &Findings, probabilities: &LabelMap<f32>) -> Picture {
     let legend_height =
         2 * MARGIN + (rows.len() * row_pitch(LEGEND_SCALE)).saturating_sub(line_gap(LEGEND_SCALE));
 
-    let image = Rect {
-        left: (width - display.width) / 2,
-        top: banner_height,
-        width: display.width,
-        height: display.height,
-    };
     let mut canvas = Canvas::new(width, banner_height + image.height + legend_height);
 
     let mut y = MARGIN;

@@ -263,6 +263,12 @@ impl Orthanc {
     /// The SR instances Orthanc holds for a study (by Orthanc study ID), as
     /// `/instances/ID/simplified-tags` objects with the Orthanc ID under `"ID"`.
     pub fn srs_of_study(&self, study_id: &str) -> Vec<Value> {
+        self.instances_of_study(study_id, "SR")
+    }
+
+    /// The instances of one modality (`SR`, `SEG`, `OT`) Orthanc holds for a study, as
+    /// [`Self::srs_of_study`] gives them.
+    pub fn instances_of_study(&self, study_id: &str, modality: &str) -> Vec<Value> {
         let Some(instances) = self.try_get(&format!("/studies/{study_id}/instances")) else {
             return Vec::new();
         };
@@ -273,7 +279,7 @@ impl Orthanc {
             .filter_map(|i| {
                 let id = i["ID"].as_str().unwrap();
                 let mut tags = self.get(&format!("/instances/{id}/simplified-tags"));
-                (tags["Modality"] == "SR").then(|| {
+                (tags["Modality"] == modality).then(|| {
                     tags["ID"] = id.into();
                     tags
                 })
