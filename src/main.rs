@@ -124,6 +124,10 @@ enum Command {
         /// findings, legend) of each analysed image here.
         #[arg(long)]
         overlays: Option<PathBuf>,
+        /// Write each analysed image's organ masks at its source geometry here, as its SEG holds
+        /// them: `<SOP Instance UID>.<segment number>.bin`, one byte (0 or 1) per pixel, row-major.
+        #[arg(long)]
+        masks: Option<PathBuf>,
         /// Analyse the whole list this many times (benchmarks; every pass is printed).
         #[arg(long, default_value_t = 1)]
         repeat: usize,
@@ -252,10 +256,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             json,
             overlays,
+            masks,
             repeat,
             batch_size,
             files,
-        } => infer(&config, json, overlays, repeat, batch_size, &files),
+        } => infer(&config, json, (overlays, masks), repeat, batch_size, &files),
     }
 }
 
@@ -298,7 +303,7 @@ fn check_config(config: &std::path::Path, offline: bool) -> anyhow::Result<ExitC
 fn infer(
     config: &std::path::Path,
     json: bool,
-    overlays: Option<PathBuf>,
+    (overlays, masks): (Option<PathBuf>, Option<PathBuf>),
     repeat: usize,
     batch_size: Option<usize>,
     files: &[PathBuf],
@@ -306,7 +311,7 @@ fn infer(
     let cfg = Config::load(config)?;
     cxr_worker::ops::telemetry::init(&cfg.log.level, cfg.log.format);
     let engine = Engine::load(&EngineOptions::from(&cfg.models))?;
-    if let Some(dir) = &overlays {
+    for dir in overlays.iter().chain(&masks) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut analyser = Analyser {
@@ -320,8 +325,15 @@ fn infer(
         println!("*** {UNTRAINED_WARNING} ***");
     }
     let mut overlay_error = None;
+    let mut mask_error = None;
     for _ in 0..repeat.max(1) {
         analyser.analyse_paths(files, |report| {
+            if let (Some(dir), Some(f), Some(sop)) =
+                (&masks, &report.findings, &report.sop_instance_uid)
+                && let Err(e) = write_masks(dir, sop, f)
+            {
+                mask_error.get_or_insert(e);
+            }
             if let (Some(dir), Some(f), Some(p)) =
                 (&overlays, &report.findings, &report.probabilities)
             {
@@ -349,7 +361,32 @@ fn infer(
     if let Some(e) = overlay_error {
         return Err(e).context("cannot write an overlay PNG");
     }
+    if let Some(e) = mask_error {
+        return Err(e).context("cannot write a mask");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The organ masks of one image at its source geometry, numbered as its SEG's segments are
+/// (`report::codes::ORGANS` order, among the channels the segmenter gives).
+fn write_masks(
+    dir: &std::path::Path,
+    sop: &str,
+    f: &cxr_worker::analyse::analyser::Findings,
+) -> std::io::Result<()> {
+    let channels = cxr_worker::analyse::masks::at_source(f);
+    let organs = cxr_worker::report::codes::ORGANS
+        .iter()
+        .filter_map(|o| channels.iter().find(|(c, _)| c == o.channel));
+    for (number, (_, mask)) in (1..).zip(organs) {
+        // the UID names a file: keep it to digits and dots
+        let name: String = sop
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        std::fs::write(dir.join(format!("{name}.{number}.bin")), &mask.bits)?;
+    }
+    Ok(())
 }
 
 fn print_report(r: &ImageReport) {

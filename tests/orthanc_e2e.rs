@@ -213,9 +213,8 @@ async fn orthanc_pushes_studies_and_stores_validated_srs_then_a_revision() {
         validate_image(sc_path);
         let read = image_outputs(&[seg_path.clone(), sc_path.clone()], None);
         assert!(
-            read.iter()
-                .all(|o| o["sources"] == serde_json::json!([sop])
-                    && o["study_instance_uid"] == dicom_field(file, "0020,000d").as_str()),
+            read.iter().all(|o| o["sources"] == serde_json::json!([sop])
+                && o["study_instance_uid"] == dicom_field(file, "0020,000d").as_str()),
             "{read:#?}"
         );
         let mut made: Vec<&str> = read
@@ -225,9 +224,10 @@ async fn orthanc_pushes_studies_and_stores_validated_srs_then_a_revision() {
         made.sort();
         assert_eq!(sr["other_evidence"], serde_json::json!(made));
         let preview = site.pacs.dir.join(format!("{sop}.preview.png"));
-        let png = site
-            .pacs
-            .get_bytes(&format!("/instances/{}/preview", sc_tags["ID"].as_str().unwrap()));
+        let png = site.pacs.get_bytes(&format!(
+            "/instances/{}/preview",
+            sc_tags["ID"].as_str().unwrap()
+        ));
         std::fs::write(&preview, png).unwrap();
         let header = dicom_object::OpenFileOptions::new()
             .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
@@ -242,7 +242,10 @@ async fn orthanc_pushes_studies_and_stores_validated_srs_then_a_revision() {
         let out = run(
             python().to_str().unwrap(),
             &[
-                root().join("tests/python/check_preview.py").to_str().unwrap(),
+                root()
+                    .join("tests/python/check_preview.py")
+                    .to_str()
+                    .unwrap(),
                 preview.to_str().unwrap(),
                 seg_path.to_str().unwrap(),
                 &r.left.to_string(),
@@ -256,15 +259,27 @@ async fn orthanc_pushes_studies_and_stores_validated_srs_then_a_revision() {
         eprintln!("preview of {}: {stats}", file.display());
         assert_eq!(
             stats["size"],
-            serde_json::json!([sc_tags["Columns"].as_str().unwrap().parse::<u64>().unwrap(),
-                               sc_tags["Rows"].as_str().unwrap().parse::<u64>().unwrap()])
+            serde_json::json!([
+                sc_tags["Columns"].as_str().unwrap().parse::<u64>().unwrap(),
+                sc_tags["Rows"].as_str().unwrap().parse::<u64>().unwrap()
+            ])
         );
         assert!(stats["lung_pixels"].as_u64().unwrap() > 1000, "{stats}");
-        assert!(stats["lung_coloured_fraction"].as_f64().unwrap() > 0.9, "{stats}");
-        assert!(stats["banner_bright_pixels"].as_u64().unwrap() > 500, "{stats}");
+        assert!(
+            stats["lung_coloured_fraction"].as_f64().unwrap() > 0.9,
+            "{stats}"
+        );
+        assert!(
+            stats["banner_bright_pixels"].as_u64().unwrap() > 500,
+            "{stats}"
+        );
         if let Some(keep) = std::env::var_os("CXR_PREVIEW_KEEP_DIR") {
             std::fs::create_dir_all(&keep).unwrap();
-            std::fs::copy(&preview, Path::new(&keep).join(preview.file_name().unwrap())).unwrap();
+            std::fs::copy(
+                &preview,
+                Path::new(&keep).join(preview.file_name().unwrap()),
+            )
+            .unwrap();
             std::fs::copy(seg_path, Path::new(&keep).join(format!("{sop}.seg.dcm"))).unwrap();
         }
     }
@@ -327,7 +342,11 @@ async fn orthanc_pushes_studies_and_stores_validated_srs_then_a_revision() {
     let segs = site.wait_instances(chest_study_id, "SEG", 2, Duration::from_secs(60));
     let scs = site.wait_instances(chest_study_id, "OT", 2, Duration::from_secs(60));
     assert_eq!((segs.len(), scs.len()), (2, 2));
-    assert_eq!(revised["other_evidence"].as_array().unwrap().len(), 4, "{revised}");
+    assert_eq!(
+        revised["other_evidence"].as_array().unwrap().len(),
+        4,
+        "{revised}"
+    );
     for (_, t) in segs.iter().chain(&scs) {
         assert!(
             revised["other_evidence"]

@@ -240,12 +240,25 @@ async fn chest_study_is_analysed_reported_sent_and_revised() {
             .all(|r| r["seg"] == seg["sop_instance_uid"] && r["source"] == chest_sop.as_str()),
         "{regions:?}"
     );
-    if !seg["device_uid"].as_str().unwrap_or_default().is_empty() {
-        assert_eq!(
-            seg["device_uid"], sr["device_uid"],
-            "one Device UID for SR and SEG"
-        );
-    }
+    assert_eq!(
+        seg["device_uid"], sr["device_uid"],
+        "one Device UID for SR and SEG"
+    );
+    // its masks are the pipeline's, pixel for pixel at the source geometry: the same models
+    // run by `cxr-worker infer --masks` on the same file write the masks the SEG must hold
+    let masks = tempfile::tempdir().unwrap().keep();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cxr-worker"))
+        .args(["infer", "--json", "--config"])
+        .arg(&d.config)
+        .arg("--masks")
+        .arg(&masks)
+        .arg(&chest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let seg_path = PathBuf::from(seg["path"].as_str().unwrap());
+    let read = image_outputs(&[seg_path], Some(&masks));
+    assert_eq!(read[0]["masks_equal"], true, "{}", read[0]);
 
     let hip_study = dicom_field(&hip, "0020,000d");
     let hip_sr = &sr_for_study(&srs, &hip_study)[0].1;

@@ -1,7 +1,8 @@
 //! `cxr-worker resend` and `cxr-worker reprocess`: the two commands that change what the daemon
 //! does, only through the tables it polls.
 //!
-//! - resend: the study's latest SR is sent again, now, to every configured destination. A row
+//! - resend: the study's latest SR is sent again, now, to every configured destination that takes
+//!   SRs (`outputs`); the SEG and SC are not sent again by this command. A row
 //!   that was `sent` or `failed` goes back to `queued` (attempts reset, due now, `requeued_count`
 //!   counted; the `outbox_attempts` history stays); a destination without a row for this SR (one
 //!   added to the configuration since) gets a new row; a row already `queued` or `sending` is left
@@ -55,7 +56,7 @@ pub struct Resend {
     pub rows: Vec<ResendRow>,
 }
 
-/// Queue the study's latest SR again for every destination in `destinations`.
+/// Queue the study's latest SR again for every destination in `destinations` that takes SRs.
 pub async fn resend(
     pool: &PgPool,
     study: &str,
@@ -64,6 +65,11 @@ pub async fn resend(
     if !study_exists(pool, study).await? {
         return Err(AdminError::UnknownStudy(study.to_string()));
     }
+    // only where SRs go (`outputs` lists "sr")
+    let destinations: Vec<&Destination> = destinations
+        .iter()
+        .filter(|d| d.outputs.takes(OutputKind::Sr.as_str()))
+        .collect();
     if destinations.is_empty() {
         return Err(AdminError::NoDestinations);
     }

@@ -69,8 +69,8 @@ pub enum AdminError {
     /// `resend` on a study without an SR.
     #[error("study {0} has no report yet: nothing to resend (see `cxr-worker status`)")]
     NoReport(String),
-    /// `resend` without `[[destinations]]`.
-    #[error("no [[destinations]] configured: nothing to resend to")]
+    /// `resend` without a `[[destinations]]` entry that takes SRs.
+    #[error("no [[destinations]] entry takes SRs (outputs lists \"sr\"): nothing to resend to")]
     NoDestinations,
     /// `reprocess` while a job for the study is queued or running.
     #[error(

@@ -8,7 +8,7 @@
 //! clamped), and the pixel is organ when it is above [`MASK_THRESHOLD`] — the threshold the
 //! areas and the cardiothoracic ratio are measured with.
 
-use super::analyser::MASK_THRESHOLD;
+use super::analyser::{Findings, MASK_THRESHOLD};
 use crate::findings::BitMask;
 
 /// One source coordinate's two neighbours in the mask and the weight of the second.
@@ -68,6 +68,23 @@ pub fn resample_all(masks: &[f32], s: usize, rows: usize, columns: usize) -> Vec
     masks
         .chunks_exact(plane)
         .map(|p| resample(p, s, rows, columns))
+        .collect()
+}
+
+/// Each segmenter channel of an analysed image, named, at the source image's geometry: what its
+/// SEG holds.
+pub fn at_source(findings: &Findings) -> Vec<(String, BitMask)> {
+    let (rows, columns) = findings.source_size;
+    findings
+        .mask_channels
+        .iter()
+        .cloned()
+        .zip(resample_all(
+            &findings.masks,
+            findings.grey.width,
+            rows,
+            columns,
+        ))
         .collect()
 }
 

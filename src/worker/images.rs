@@ -206,13 +206,7 @@ fn build_pair(
         pixel_spacing: f.anatomy.pixel_spacing.map(|p| (p.row_mm, p.column_mm)),
     };
     let seg = wanted.seg.then(|| {
-        let s = f.grey.width;
-        let channels = f
-            .mask_channels
-            .iter()
-            .cloned()
-            .zip(masks::resample_all(&f.masks, s, rows, columns))
-            .collect();
+        let channels = masks::at_source(f);
         seg::build_seg(&seg::SegRequest {
             study: study.clone(),
             source: source.clone(),
