@@ -2,8 +2,10 @@
 # make demo: the whole loop on this machine, loopback only.
 #   Orthanc (a real PACS) holds real chest radiographs and pushes them to cxr-worker;
 #   cxr-worker receives them, waits for the study to complete, runs the anatomy segmenter and
-#   Anatomy-XNet, stores the findings in PostgreSQL and sends a DICOM SR back to Orthanc.
-# Shows the findings table from the database and the SR as Orthanc stored it (dsrdump).
+#   Anatomy-XNet, stores the findings in PostgreSQL and sends three outputs back to Orthanc: the
+#   DICOM SR, the anatomy Segmentation (SEG) and the results picture (Secondary Capture).
+# Shows the findings table from the database, the SR as Orthanc stored it (dsrdump), and the SEG
+# and SC as pictures (var/demo/*.png: Orthanc's rendering of the SC, the SEG over its image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DB_ADMIN=${DATABASE_URL:-$(scripts/pg.sh start)}
@@ -98,13 +100,14 @@ for s in "${studies[@]}"; do
 done
 echo "  pushed ${#studies[@]} studies"
 
-say "Waiting for the SRs to come back to Orthanc"
+say "Waiting for the outputs to come back to Orthanc: 3 SRs, and a SEG and an SC per analysed image"
+count() { orthanc /tools/find -X POST -d "{\"Level\":\"Instance\",\"Query\":{\"Modality\":\"$1\"}}" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
 for _ in $(seq 240); do
-  n=$(orthanc /tools/find -X POST -d '{"Level":"Instance","Query":{"Modality":"SR"}}' | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
-  [[ $n -ge 3 ]] && break
+  n=$(count SR); nseg=$(count SEG); nsc=$(count OT)
+  [[ $n -ge 3 && $nseg -ge 2 && $nsc -ge 2 ]] && break
   sleep 0.5
 done
-echo "  $n SR(s) in Orthanc"
+echo "  in Orthanc: $n SR(s), $nseg SEG(s), $nsc SC(s)"
 
 say "What the database recorded: each received image and its processing state"
 psql "$DB" -P pager=off -c "
@@ -142,7 +145,35 @@ for f in $(orthanc /tools/find -X POST -d '{"Level":"Instance","Query":{"Modalit
     "$(dsrdump "$DEMO/sr-$f.dcm" 2>&1 | grep -c '^[EF]:' || true)"
 done
 
+say "The SEG and the SC of each analysed image, as Orthanc holds them"
+orthanc /tools/find -X POST -d '{"Level":"Instance","Query":{},"Expand":true}' | python3 -c '
+import json, sys
+for i in json.load(sys.stdin):
+    t = i["MainDicomTags"]
+    print(i["ID"], t.get("SOPInstanceUID", ""))' > "$DEMO/instances.txt"
+shown=0
+for uid in $(psql "$DB" -qAtc "SELECT sop_instance_uid FROM image_outputs ORDER BY id"); do
+  read -r kind src <<< "$(psql "$DB" -qAtc "SELECT kind, source_sop_instance_uid FROM image_outputs WHERE sop_instance_uid = '$uid'" | tr '|' ' ')"
+  id=$(awk -v u="$uid" '$2 == u { print $1 }' "$DEMO/instances.txt")
+  [[ -n $id ]] || { echo "  $kind $uid: not in Orthanc"; continue; }
+  orthanc "/instances/$id/file" > "$DEMO/$kind-$uid.dcm"
+  printf '  %s %s of image %s: dciodvfy errors %s\n' "$kind" "$uid" "$src" \
+    "$(dciodvfy "$DEMO/$kind-$uid.dcm" 2>&1 | grep -c '^Error' || true)"
+  if [[ $shown -lt 2 ]]; then
+    srcid=$(awk -v u="$src" '$2 == u { print $1 }' "$DEMO/instances.txt")
+    if [[ $kind == sc ]]; then
+      orthanc "/instances/$id/preview" > "$DEMO/sc-preview.png"
+      echo "    Orthanc's rendering of the SC: $DEMO/sc-preview.png"
+    else
+      orthanc "/instances/$srcid/file" > "$DEMO/source-$src.dcm"
+      .venv/bin/python scripts/render-seg.py "$DEMO/$kind-$uid.dcm" "$DEMO/source-$src.dcm" "$DEMO/seg-overlay.png"
+      echo "    the SEG over its image (read by highdicom): $DEMO/seg-overlay.png"
+    fi
+    shown=$((shown + 1))
+  fi
+done
+
 say "The daemon log (identifiers as UIDs only: no patient names or IDs)"
 grep -E "job done|stored|sent" "$DEMO/cxr-worker.log" | tail -n 8 | cut -c1-220 | sed 's/^/  /'
 echo
-echo "Demo files: $DEMO (Orthanc storage, the spool, the SR archive, logs)."
+echo "Demo files: $DEMO (Orthanc storage, the spool, the archive of outputs, the pictures, logs)."
