@@ -18,7 +18,9 @@ CREATE TABLE image_outputs (
     instance_number integer NOT NULL,
     job_id bigint NOT NULL,
     archive_path text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- when retention removed the archived file (after every destination got it); the row stays
+    purged_at timestamptz
 );
 CREATE INDEX image_outputs_study ON image_outputs (study_instance_uid, kind, id DESC);
 

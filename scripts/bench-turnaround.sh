@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Turnaround benchmark: from the C-STORE response of a study's last instance (sender side) to the
-# arrival of its SR at the destination (receiver side), over one-image chest studies, with the
-# full-size models on the CPU and a release build. The quiet period is reported separately.
+# arrival of all its outputs at the destination (receiver side; the SR alone is reported too), over
+# one-image chest studies, with the full-size models on the CPU and a release build. The quiet
+# period is reported separately.
 #
 #   scripts/bench-turnaround.sh                   # 50 studies (+1 warm-up), quiet period 2 s
 #   COUNT=100 QUIET=5 scripts/bench-turnaround.sh
 #   STUDY_EXTRA='poll_interval_secs = 0.1' scripts/bench-turnaround.sh   # more [study] keys
 #   INTERVAL=3 scripts/bench-turnaround.sh        # one study every 3 s instead of one after another
 #   J2K=1 scripts/bench-turnaround.sh             # the same studies as JPEG 2000 lossless
+#   OUTPUTS=sr scripts/bench-turnaround.sh        # the destination takes the SR only (default sr,seg,sc)
 #
 # Needs PostgreSQL (DATABASE_URL with CREATEDB; default: scripts/pg.sh start), psql, the Python
 # env (.venv) and the full-size models (made by scripts/make-models.sh when missing). The studies
@@ -42,4 +44,5 @@ echo "cxr-worker ${CXR_WORKER_BIN:-$(git rev-parse --short HEAD)$(git diff --qui
   --models onnx --ort "$ORT_DYLIB_PATH" --studies "$studies" \
   --count $((COUNT + 1)) --quiet "$QUIET" --interval "$INTERVAL" \
   ${THREADS:+--threads "$THREADS"} --study-extra "${STUDY_EXTRA:-}" \
+  --outputs "${OUTPUTS:-sr,seg,sc}" \
   --json "var/bench/turnaround-$stamp.json" --log "var/bench/turnaround-$stamp.log"

@@ -41,6 +41,8 @@ NIH = ROOT / "tests/fixtures/nih"
 RG1 = ROOT / "tests/fixtures/dicom/RG1_UNCR.dcm"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 # ---- make -------------------------------------------------------------------------------------
@@ -149,11 +151,12 @@ def start_scp(port_holder, arrivals):
     def on_store(event):
         t = time.time()
         ds = event.dataset
-        arrivals.put((str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), t))
+        arrivals.put((str(ds.StudyInstanceUID), str(ds.SOPClassUID), t))
         return 0x0000
 
     ae = AE(ae_title="BENCH_PACS")
-    ae.add_supported_context(COMPREHENSIVE_3D_SR, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
+    for sop_class in (COMPREHENSIVE_3D_SR, SEGMENTATION, SECONDARY_CAPTURE):
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
     server = ae.start_server(("127.0.0.1", 0), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
     port_holder.append(server.server_address[1])
@@ -194,6 +197,7 @@ format = "json"
 ae_title = "BENCH_PACS"
 host = "127.0.0.1"
 port = {scp_port}
+outputs = {json.dumps(a.outputs)}
 """
     path = Path(work) / "cxr-worker.toml"
     path.write_text(text)
@@ -300,21 +304,25 @@ def run(a):
     log_path = Path(a.log or Path(work) / "daemon.log")
     daemon, dport = start_daemon(a.binary, config, log_path)
     load_before = os.getloadavg()
-    arrived = {}
+    # per study: the time each output arrived (one-image studies: one object per output kind)
+    received = {}
+    want = len(a.outputs)
 
     def wait_sr(study, within):
+        """Wait until every output of `study` has arrived."""
         deadline = time.time() + within
-        while study not in arrived:
+        while len(received.get(study, {})) < want:
             left = deadline - time.time()
             if left <= 0:
                 return False
             try:
-                s, _sop, t = arrivals.get(timeout=left)
+                s, sop_class, t = arrivals.get(timeout=left)
             except queue.Empty:
                 return False
-            if s in arrived:
-                sys.exit(f"a second SR arrived for study {s}")
-            arrived[s] = t
+            got = received.setdefault(s, {})
+            if sop_class in got:
+                sys.exit(f"a second object of class {sop_class} arrived for study {s}")
+            got[sop_class] = t
         return True
 
     sent = {}
@@ -335,7 +343,7 @@ def run(a):
                 sys.exit(f"SR of {study} did not arrive; see {log_path}")
         time.sleep(1.0)
         if not arrivals.empty():
-            sys.exit("an SR arrived twice")
+            sys.exit("an output arrived twice")
     finally:
         load_after = os.getloadavg()
         daemon.terminate()
@@ -351,7 +359,9 @@ def run(a):
         d = db[study]
         samples.append(dict(
             study=study,
-            turnaround=arrived[study] - t_sent,
+            # all outputs at the destination; the SR alone
+            turnaround=max(received[study].values()) - t_sent,
+            sr_turnaround=received[study][COMPREHENSIVE_3D_SR] - t_sent,
             receive_to_response=t_sent - d["received"],
             schedule_lag=d["job_created"] - d["received"] - a.quiet,
             job_to_analysed=d["analysed"] - d["job_created"],
@@ -361,13 +371,14 @@ def run(a):
             report=d["report"] - d["analysed"],
             outbox_pickup=d["send_start"] - d["report"],
             send=d["send_end"] - d["send_start"],
-            arrival_after_send_end=arrived[study] - d["send_end"],
+            arrival_after_send_end=received[study][COMPREHENSIVE_3D_SR] - d["send_end"],
         ))
     summary(a, samples, load_before, load_after)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(dict(
             quiet_period_s=a.quiet, interval_s=a.interval, study_extra=a.study_extra,
+            outputs=a.outputs,
             load_before=load_before, load_after=load_after, cores=os.cpu_count(),
             samples=samples), indent=1))
 
@@ -381,13 +392,15 @@ def summary(a, samples, load_before, load_after):
           f"{', ' + a.study_extra.replace(chr(10), ', ') if a.study_extra else ''}; "
           f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
           f"{os.cpu_count()} cores\n")
+    print(f"outputs: {', '.join(a.outputs)}\n")
     print("| seconds | p50 | p95 | max | mean |")
     print("|---|---:|---:|---:|---:|")
 
     def row(name, v):
         print(f"| {name} | {pct(v, 50):.2f} | {pct(v, 95):.2f} | {max(v):.2f} | "
               f"{sum(v) / len(v):.2f} |")
-    row("**turnaround** (last C-STORE response → SR at the destination)", t)
+    row("**turnaround** (last C-STORE response → every output at the destination)", t)
+    row("turnaround of the SR alone", col("sr_turnaround"))
     row("**turnaround − quiet period**", [x - a.quiet for x in t])
     row("scheduling lag (job created − received − quiet period)", col("schedule_lag"))
     row("job created → findings stored", col("job_to_analysed"))
@@ -395,7 +408,9 @@ def summary(a, samples, load_before, load_after):
     row("  of which preprocess", col("preprocess"))
     row("  of which segment", col("segment"))
     row("  of which classify", col("classify"))
-    row("findings stored → SR archived and queued", col("report"))
+    # findings, report and outbox rows are committed in one transaction: the outputs' build
+    # time is inside "job created → findings stored"
+    row("findings stored → report queued", col("report"))
     row("SR queued → sender takes it", col("outbox_pickup"))
     row("C-STORE of the SR (association to release)", col("send"))
     goal = a.quiet + 3
@@ -418,6 +433,9 @@ def main():
     r.add_argument("--ort", required=True)
     r.add_argument("--studies", required=True)
     r.add_argument("--count", type=int, default=51, help="studies incl. one warm-up")
+    r.add_argument("--outputs", default="sr,seg,sc",
+                   type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+                   help="what the destination takes (comma-separated: sr, seg, sc)")
     r.add_argument("--quiet", type=float, default=2.0)
     r.add_argument("--interval", type=float, default=0.0,
                    help="send one study every S seconds (0: after the previous SR arrived)")

@@ -132,6 +132,8 @@ async fn study_of(pool: &PgPool, n: i64) -> String {
 const DELIVERED: &str =
     "SELECT EXISTS (SELECT 1 FROM outbox WHERE study_instance_uid = $1 AND state = 'sent')";
 const RETRYING: &str = "SELECT EXISTS (SELECT 1 FROM outbox WHERE study_instance_uid = $1 AND state = 'queued' AND attempts >= 1)";
+const OUTPUTS_PURGED: &str = "SELECT count(*) = 2 AND bool_and(purged_at IS NOT NULL) \
+     FROM image_outputs WHERE study_instance_uid = $1";
 const PURGED: &str =
     "SELECT bool_and(purged_at IS NOT NULL) FROM instances WHERE study_instance_uid = $1";
 
@@ -196,6 +198,22 @@ async fn retention_removes_delivered_studies_only() {
             .await
             .unwrap();
     assert!(Path::new(&archive).exists());
+    // A's SEG and SC, delivered, leave the archive too (their rows stay, marked); B's stay
+    wait_until(&pool, OUTPUTS_PURGED, &a, Duration::from_secs(30)).await;
+    let outputs: Vec<(String, String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+        "SELECT study_instance_uid, archive_path, purged_at FROM image_outputs ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(outputs.len(), 4, "{outputs:?}");
+    for (study, path, purged) in &outputs {
+        if *study == a {
+            assert!(purged.is_some() && !Path::new(path).exists(), "{path}");
+        } else {
+            assert!(purged.is_none() && Path::new(path).exists(), "{path}");
+        }
+    }
 
     // the PACS comes back: B is delivered, then removed in its turn
     pacs = Some(StoreScp::start_on(
@@ -207,7 +225,8 @@ async fn retention_removes_delivered_studies_only() {
     wait_until(&pool, PURGED, &b, Duration::from_secs(30)).await;
     assert!(!d.spool_objects().join(&b_key).exists());
     assert!(d.log_text().contains("retention: removed"));
-    assert_eq!(pacs.as_ref().unwrap().files().len(), 2);
+    // each study's SR, SEG and SC
+    assert_eq!(pacs.as_ref().unwrap().files().len(), 6);
 
     // A is sent again after retention removed its file: not acknowledged and dropped as a
     // duplicate, but stored again, analysed again, and reported again (a revised SR)
@@ -226,5 +245,13 @@ async fn retention_removes_delivered_studies_only() {
     )
     .await;
     assert_eq!(metrics(&d)["cxr_instances_restored_total"], 1.0);
-    assert_eq!(pacs.unwrap().files().len(), 3);
+    // the revised SR and the new SEG and SC of the image analysed again
+    wait_until(
+        &pool,
+        "SELECT count(*) = 9 AND bool_and(state = 'sent') FROM outbox WHERE $1::text IS NOT NULL",
+        &a,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(pacs.unwrap().files().len(), 9);
 }

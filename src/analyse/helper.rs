@@ -455,6 +455,11 @@ fn read_reply_io(r: &mut impl Read, request: &DecodeRequest) -> std::io::Result<
     if let Reply::Decoded(image) = &mut reply
         && image.eligible
     {
+        // the source size sizes the SEG's masks: never more than the decode limit allows
+        let pixels = (image.rows as u64).checked_mul(image.columns as u64);
+        if pixels.is_none_or(|p| p == 0 || p > request.limits.max_pixels) {
+            return Err(bad("source size outside the decode limits"));
+        }
         let (width, height) = super::analyser::display_size(image.rows, image.columns);
         for (grey, width, height) in [
             (
@@ -622,6 +627,15 @@ mod tests {
             }
             Reply::Failed(r) => panic!("{r}"),
         }
+        // a reply claiming a source larger than the decode limit is refused
+        let capped = DecodeRequest {
+            limits: DecodeLimits {
+                max_pixels: 1,
+                ..DecodeLimits::default()
+            },
+            ..request
+        };
+        assert!(read_reply_io(&mut &wire[..], &capped).is_err());
         // a reply claiming a larger image than asked for is refused
         let small = DecodeRequest {
             segmenter_size: 1,

@@ -83,3 +83,42 @@ pub async fn insert(tx: &mut PgConnection, o: &NewImageOutput<'_>) -> Result<(),
     .await?;
     Ok(())
 }
+
+/// Up to `limit` archived image outputs that retention may remove: every outbox row of the
+/// object is `sent`, the last one at least `keep` ago; locked for the caller's transaction.
+/// Returns (SOP Instance UID, archive path).
+pub async fn purge_candidates(
+    tx: &mut PgConnection,
+    keep: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT io.sop_instance_uid, io.archive_path
+         FROM image_outputs io
+         WHERE io.purged_at IS NULL
+           AND EXISTS (SELECT 1 FROM outbox o WHERE o.sop_instance_uid = io.sop_instance_uid)
+           AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sop_instance_uid = io.sop_instance_uid
+                           AND o.state <> 'sent')
+           AND (SELECT max(o.sent_at) FROM outbox o WHERE o.sop_instance_uid = io.sop_instance_uid)
+               <= now() - make_interval(secs => $1)
+         ORDER BY io.id
+         LIMIT $2
+         FOR UPDATE OF io SKIP LOCKED",
+    )
+    .bind(keep.as_secs_f64())
+    .bind(limit)
+    .fetch_all(tx)
+    .await
+}
+
+/// Record that these outputs' archived files are gone.
+pub async fn mark_purged(
+    tx: &mut PgConnection,
+    sop_instance_uids: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE image_outputs SET purged_at = now() WHERE sop_instance_uid = ANY($1)")
+        .bind(sop_instance_uids)
+        .execute(tx)
+        .await?;
+    Ok(())
+}

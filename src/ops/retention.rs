@@ -8,7 +8,9 @@
 //! - no job of its study is queued or running (e.g. a `reprocess`).
 //!
 //! The row stays and gets `purged_at` (migration 0004), so admins see that the file is gone.
-//! Archived SRs are kept: they are small and `resend` needs them. The file is removed before the
+//! Archived SRs are kept: they are small and `resend` needs them. Archived SEGs and SCs (a few
+//! MB per image) are removed once every outbox row of theirs is `sent`, the last one at least the
+//! retention time ago; their `image_outputs` row gets `purged_at` (migration 0008). The file is removed before the
 //! row is marked, so a crash in between leaves a row that the next pass marks (a missing file
 //! counts as removed).
 
@@ -51,6 +53,9 @@ pub enum RetentionError {
 pub struct Purged {
     pub instances: u64,
     pub bytes: u64,
+    /// Archived image outputs (SEG, SC) removed, and their bytes.
+    pub outputs: u64,
+    pub output_bytes: u64,
     /// Files that could not be removed (logged; tried again next pass).
     pub failed: u64,
 }
@@ -73,12 +78,14 @@ pub async fn run(
                     if let Some(m) = &metrics {
                         m.count_purged(p.instances, p.bytes);
                     }
-                    if p.instances > 0 || p.failed > 0 {
+                    if p.instances > 0 || p.outputs > 0 || p.failed > 0 {
                         tracing::info!(
                             instances = p.instances,
                             bytes = p.bytes,
+                            outputs = p.outputs,
+                            output_bytes = p.output_bytes,
                             failed = p.failed,
-                            "retention: removed delivered instances from the spool"
+                            "retention: removed delivered instances from the spool and delivered image outputs from the archive"
                         );
                     }
                 }
@@ -106,9 +113,62 @@ pub async fn purge(
         total.bytes += batch.bytes;
         total.failed += batch.failed;
         if batch.instances == 0 || batch.instances + batch.failed < BATCH as u64 {
+            break;
+        }
+    }
+    loop {
+        let batch = purge_outputs_batch(pool, keep).await?;
+        total.outputs += batch.outputs;
+        total.output_bytes += batch.output_bytes;
+        total.failed += batch.failed;
+        if batch.outputs == 0 || batch.outputs + batch.failed < BATCH as u64 {
             return Ok(total);
         }
     }
+}
+
+/// Remove up to one batch of delivered image outputs from the archive and mark their rows. A
+/// file already gone counts as removed.
+async fn purge_outputs_batch(pool: &PgPool, keep: Duration) -> Result<Purged, RetentionError> {
+    let mut tx = pool.begin().await?;
+    let candidates = db::outputs::purge_candidates(&mut tx, keep, BATCH).await?;
+    if candidates.is_empty() {
+        return Ok(Purged::default());
+    }
+    let paths: Vec<std::path::PathBuf> = candidates.iter().map(|(_, p)| p.into()).collect();
+    let results = tokio::task::spawn_blocking(move || {
+        paths
+            .iter()
+            .map(|p| {
+                let size = std::fs::metadata(p).map_or(0, |m| m.len());
+                match std::fs::remove_file(p) {
+                    Ok(()) => Ok(size),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+                    Err(e) => Err(e),
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| RetentionError::Task(e.to_string()))?;
+    let mut removed = Vec::with_capacity(candidates.len());
+    let mut out = Purged::default();
+    for ((sop, path), result) in candidates.into_iter().zip(results) {
+        match result {
+            Ok(size) => {
+                removed.push(sop);
+                out.outputs += 1;
+                out.output_bytes += size;
+            }
+            Err(e) => {
+                out.failed += 1;
+                tracing::warn!(sop_instance_uid = %sop, path = %path, error = %e, "retention: cannot remove the archived output");
+            }
+        }
+    }
+    db::outputs::mark_purged(&mut tx, &removed).await?;
+    tx.commit().await?;
+    Ok(out)
 }
 
 async fn purge_batch(
