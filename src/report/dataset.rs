@@ -7,7 +7,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use super::codes::Code;
-use super::{ModelInfo, SourceStudy};
+use super::{ImageRef, ModelInfo, Placement, SourceStudy};
 
 /// Name of the device (software) that makes every output.
 pub(super) const DEVICE_NAME: &str = "cxr-worker";
@@ -112,4 +112,58 @@ fn has_non_ascii(obj: &InMemDicomObject) -> bool {
 /// 64 characters, the VR's limit (model names and versions come from model metadata).
 pub(super) fn lo(s: &str) -> String {
     s.replace('\\', "/").chars().take(64).collect()
+}
+
+/// A Referenced SOP Class/Instance UID pair (SOP Instance Reference Macro).
+pub(super) fn referenced_sop(img: &ImageRef) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    put(
+        &mut item,
+        tags::REFERENCED_SOP_CLASS_UID,
+        VR::UI,
+        img.sop_class_uid.as_str(),
+    );
+    put(
+        &mut item,
+        tags::REFERENCED_SOP_INSTANCE_UID,
+        VR::UI,
+        img.sop_instance_uid.as_str(),
+    );
+    item
+}
+
+/// Common Instance Reference: the source image's series and instance (in the same study).
+pub(super) fn put_common_instance_reference(obj: &mut InMemDicomObject, source: &ImageRef) {
+    let mut series = InMemDicomObject::new_empty();
+    put(
+        &mut series,
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        source.series_instance_uid.as_str(),
+    );
+    put_seq(
+        &mut series,
+        tags::REFERENCED_INSTANCE_SEQUENCE,
+        vec![referenced_sop(source)],
+    );
+    put_seq(obj, tags::REFERENCED_SERIES_SEQUENCE, vec![series]);
+}
+
+/// General Series of an image output: its modality, its own series, number and description.
+pub(super) fn put_series(
+    obj: &mut InMemDicomObject,
+    modality: &str,
+    p: &Placement,
+    series_uid: &str,
+    description: &str,
+) {
+    put(obj, tags::MODALITY, VR::CS, modality);
+    put(obj, tags::SERIES_INSTANCE_UID, VR::UI, series_uid);
+    put(
+        obj,
+        tags::SERIES_NUMBER,
+        VR::IS,
+        p.series_number.to_string(),
+    );
+    put(obj, tags::SERIES_DESCRIPTION, VR::LO, description);
 }

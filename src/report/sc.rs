@@ -16,12 +16,10 @@ use dicom_object::meta::FileMetaTableBuilder;
 
 use super::codes::Code;
 use super::dataset::{
-    DEVICE_NAME, character_set, code_seq_item, lo, put, put_equipment, put_general_study,
-    put_patient, put_seq,
+    DEVICE_NAME, character_set, code_seq_item, lo, put, put_common_instance_reference,
+    put_equipment, put_general_study, put_patient, put_seq, put_series,
 };
-use super::{
-    BuiltObject, ImageRef, ModelInfo, OutputKind, Placement, SourceImage, SourceStudy, new_uid,
-};
+use super::{BuiltObject, ModelInfo, OutputKind, Placement, SourceImage, SourceStudy, new_uid};
 
 /// SOP Class UID of every picture built here: Secondary Capture Image Storage.
 pub const SC_SOP_CLASS_UID: &str = uids::SECONDARY_CAPTURE_IMAGE_STORAGE;
@@ -139,7 +137,8 @@ pub fn build_sc(req: &ScRequest) -> Result<BuiltObject, ScError> {
     put_sop_common(&mut obj, &sop_instance_uid, &date, &time);
     put_patient(&mut obj, &req.study);
     put_general_study(&mut obj, &req.study);
-    put_series(&mut obj, p, &series_instance_uid);
+    put_series(&mut obj, "OT", p, &series_instance_uid, SERIES_DESCRIPTION);
+    put(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, "CHEST");
     put_equipment(&mut obj, &req.model);
     put(&mut obj, tags::DEVICE_UID, VR::UI, req.model.device_uid());
     put_sc_equipment(&mut obj, &req.model, &date, &time);
@@ -229,20 +228,6 @@ fn put_sop_common(obj: &mut InMemDicomObject, sop_uid: &str, date: &str, time: &
     put(obj, tags::SOP_INSTANCE_UID, VR::UI, sop_uid);
     put(obj, tags::INSTANCE_CREATION_DATE, VR::DA, date);
     put(obj, tags::INSTANCE_CREATION_TIME, VR::TM, time);
-}
-
-/// General Series: modality OT, the pictures' own series.
-fn put_series(obj: &mut InMemDicomObject, p: &Placement, series_uid: &str) {
-    put(obj, tags::MODALITY, VR::CS, "OT");
-    put(obj, tags::SERIES_INSTANCE_UID, VR::UI, series_uid);
-    put(
-        obj,
-        tags::SERIES_NUMBER,
-        VR::IS,
-        p.series_number.to_string(),
-    );
-    put(obj, tags::SERIES_DESCRIPTION, VR::LO, SERIES_DESCRIPTION);
-    put(obj, tags::BODY_PART_EXAMINED, VR::CS, "CHEST");
 }
 
 /// SC Equipment (the Modality of the module is the series'), and the SC Image module's date and
@@ -336,7 +321,8 @@ fn put_general_image(obj: &mut InMemDicomObject, req: &ScRequest, date: &str, ti
         vec![code_seq_item(&SOURCE_IMAGE_PURPOSE)],
     );
     put_seq(obj, tags::SOURCE_IMAGE_SEQUENCE, vec![source]);
-    put_instance_reference(obj, image);
+    // for readers that resolve the Source Image Sequence through it (highdicom does)
+    put_common_instance_reference(obj, image);
     put(obj, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
     put(obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
     let mut comments = String::from("AI result - not for primary diagnosis");
@@ -344,37 +330,6 @@ fn put_general_image(obj: &mut InMemDicomObject, req: &ScRequest, date: &str, ti
         comments.push_str(". UNTRAINED model: not clinically meaningful");
     }
     put(obj, tags::IMAGE_COMMENTS, VR::LT, comments);
-}
-
-/// Common Instance Reference: the series of the source image, for readers that resolve the
-/// Source Image Sequence through it (highdicom does).
-fn put_instance_reference(obj: &mut InMemDicomObject, image: &ImageRef) {
-    let mut instance = InMemDicomObject::new_empty();
-    put(
-        &mut instance,
-        tags::REFERENCED_SOP_CLASS_UID,
-        VR::UI,
-        image.sop_class_uid.as_str(),
-    );
-    put(
-        &mut instance,
-        tags::REFERENCED_SOP_INSTANCE_UID,
-        VR::UI,
-        image.sop_instance_uid.as_str(),
-    );
-    let mut series = InMemDicomObject::new_empty();
-    put(
-        &mut series,
-        tags::SERIES_INSTANCE_UID,
-        VR::UI,
-        image.series_instance_uid.as_str(),
-    );
-    put_seq(
-        &mut series,
-        tags::REFERENCED_INSTANCE_SEQUENCE,
-        vec![instance],
-    );
-    put_seq(obj, tags::REFERENCED_SERIES_SEQUENCE, vec![series]);
 }
 
 /// Image Pixel: 8-bit RGB, color-by-pixel, the picture as it is (padded to an even length).
@@ -398,11 +353,11 @@ fn put_image_pixel(obj: &mut InMemDicomObject, req: &ScRequest) {
     put(obj, tags::PIXEL_DATA, VR::OB, pixels);
 }
 
-/// A LO value: at most 64 characters, no backslash.
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 mod tests {
     use super::*;
+    use crate::findings::ImageRef;
 
     fn request(columns: usize, rows: usize) -> ScRequest {
         ScRequest {

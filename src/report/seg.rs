@@ -30,7 +30,8 @@ use dicom_object::meta::FileMetaTableBuilder;
 
 use super::codes::{ANATOMICAL_STRUCTURE, Code, ORGANS, Organ, organ};
 use super::dataset::{
-    character_set, code_seq_item, lo, put, put_equipment, put_general_study, put_patient, put_seq,
+    character_set, code_seq_item, lo, put, put_common_instance_reference, put_equipment,
+    put_general_study, put_patient, put_seq, put_series, referenced_sop,
 };
 use super::sr::UNTRAINED_COMMENT;
 use super::{
@@ -215,7 +216,8 @@ pub fn build_seg(req: &SegRequest) -> Result<BuiltSeg, SegError> {
     put_sop_common(&mut obj, p, &sop_instance_uid);
     put_patient(&mut obj, &req.study);
     put_general_study(&mut obj, &req.study);
-    put_series(&mut obj, p, &series_instance_uid);
+    // General Series and Segmentation Series: modality SEG, the SEG's own series
+    put_series(&mut obj, "SEG", p, &series_instance_uid, SERIES_DESCRIPTION);
     put_equipment(&mut obj, &req.model);
     put(&mut obj, tags::DEVICE_UID, VR::UI, req.model.device_uid());
     put_general_image(&mut obj, p, &req.source.image);
@@ -376,19 +378,6 @@ fn put_sop_common(obj: &mut InMemDicomObject, p: &Placement, sop_uid: &str) {
     put(obj, tags::SOP_INSTANCE_UID, VR::UI, sop_uid);
     put(obj, tags::INSTANCE_CREATION_DATE, VR::DA, date(p));
     put(obj, tags::INSTANCE_CREATION_TIME, VR::TM, time(p));
-}
-
-/// General Series and Segmentation Series: modality SEG, the SEG's own series.
-fn put_series(obj: &mut InMemDicomObject, p: &Placement, series_uid: &str) {
-    put(obj, tags::MODALITY, VR::CS, "SEG");
-    put(obj, tags::SERIES_INSTANCE_UID, VR::UI, series_uid);
-    put(
-        obj,
-        tags::SERIES_NUMBER,
-        VR::IS,
-        p.series_number.to_string(),
-    );
-    put(obj, tags::SERIES_DESCRIPTION, VR::LO, SERIES_DESCRIPTION);
 }
 
 /// General Image: instance number, content date and time, image type, the source image. A
@@ -634,40 +623,6 @@ fn put_dimensions(obj: &mut InMemDicomObject, sop_uid: &str) {
         "Referenced Segment Number",
     );
     put_seq(obj, tags::DIMENSION_INDEX_SEQUENCE, vec![index]);
-}
-
-/// Common Instance Reference: the source's series and instance (same study).
-fn put_common_instance_reference(obj: &mut InMemDicomObject, source: &ImageRef) {
-    let mut series = InMemDicomObject::new_empty();
-    put_seq(
-        &mut series,
-        tags::REFERENCED_INSTANCE_SEQUENCE,
-        vec![referenced_sop(source)],
-    );
-    put(
-        &mut series,
-        tags::SERIES_INSTANCE_UID,
-        VR::UI,
-        source.series_instance_uid.as_str(),
-    );
-    put_seq(obj, tags::REFERENCED_SERIES_SEQUENCE, vec![series]);
-}
-
-fn referenced_sop(img: &ImageRef) -> InMemDicomObject {
-    let mut item = InMemDicomObject::new_empty();
-    put(
-        &mut item,
-        tags::REFERENCED_SOP_CLASS_UID,
-        VR::UI,
-        img.sop_class_uid.as_str(),
-    );
-    put(
-        &mut item,
-        tags::REFERENCED_SOP_INSTANCE_UID,
-        VR::UI,
-        img.sop_instance_uid.as_str(),
-    );
-    item
 }
 
 // ---------------------------------------------------------------- pixels

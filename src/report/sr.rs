@@ -41,7 +41,7 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 use super::codes::{self, Code};
 use super::dataset::{
     DEVICE_NAME, character_set, code_seq_item, lo, put, put_equipment, put_general_study,
-    put_patient, put_seq,
+    put_patient, put_seq, referenced_sop,
 };
 use super::{
     AnalysedImage, Completion, ImageOutputRefs, ImageRef, ModelInfo, Predecessor, ReportContent,
@@ -515,23 +515,6 @@ fn hierarchical_reference(study_uid: &str, images: &[ImageRef]) -> InMemDicomObj
     let mut item = InMemDicomObject::new_empty();
     put(&mut item, tags::STUDY_INSTANCE_UID, VR::UI, study_uid);
     put_seq(&mut item, tags::REFERENCED_SERIES_SEQUENCE, series_items);
-    item
-}
-
-fn referenced_sop(img: &ImageRef) -> InMemDicomObject {
-    let mut item = InMemDicomObject::new_empty();
-    put(
-        &mut item,
-        tags::REFERENCED_SOP_CLASS_UID,
-        VR::UI,
-        img.sop_class_uid.as_str(),
-    );
-    put(
-        &mut item,
-        tags::REFERENCED_SOP_INSTANCE_UID,
-        VR::UI,
-        img.sop_instance_uid.as_str(),
-    );
     item
 }
 
