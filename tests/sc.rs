@@ -7,7 +7,11 @@
 //! docs/images/sc-example.png; `CXR_SC_KEEP_DIR=DIR` keeps the SC as DIR/sc.dcm.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+mod builders;
+
+use builders::{fixture, header, root, run};
+
+use std::path::Path;
 use std::process::Command;
 
 use chrono::NaiveDate;
@@ -19,7 +23,6 @@ use cxr_worker::findings::LABELS;
 use cxr_worker::report::sc::{SC_SOP_CLASS_UID, ScRequest, build_sc};
 use cxr_worker::report::{ImageRef, ModelInfo, Placement, SourceImage, SourceStudy};
 use dicom_dictionary_std::tags;
-use dicom_object::{InMemDicomObject, OpenFileOptions};
 use serde_json::json;
 
 const DX966: &str = "966_fixed.dcm";
@@ -27,23 +30,6 @@ const DX966: &str = "966_fixed.dcm";
 const S: usize = 64;
 /// The synthetic classifier's class map size.
 const MAP: usize = 16;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures/dicom").join(name)
-}
-
-/// The header of a fixture (everything before the pixel data).
-fn header(name: &str) -> InMemDicomObject {
-    OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(fixture(name))
-        .unwrap()
-        .into_inner()
-}
 
 /// Lungs (centre row, centre column, radii) in mask pixels: the right lung on the image's left.
 const RIGHT_LUNG: ((f32, f32), (f32, f32)) = ((30.0, 20.0), (19.0, 10.0));
@@ -205,18 +191,6 @@ fn request(picture: &Picture) -> ScRequest {
             uid_root: None,
         },
     }
-}
-
-fn run(cmd: &mut Command) -> (i32, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(255), text)
 }
 
 /// Decode a PNG file's bytes: `(width, height, RGB bytes)`.

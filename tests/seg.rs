@@ -4,6 +4,10 @@
 //! dcmjs read-back (tests/node/check_seg.mjs; `scripts/setup-node.sh` installs it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod builders;
+
+use builders::{dciodvfy, fixture, header, root, run};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,7 +20,7 @@ use cxr_worker::report::sr::UNTRAINED_COMMENT;
 use cxr_worker::report::{ImageRef, ModelInfo, Placement, SourceImage, SourceStudy};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::{InMemDicomObject, OpenFileOptions};
+use dicom_object::InMemDicomObject;
 use serde_json::{Value, json};
 
 const RG1: &str = "RG1_UNCR.dcm";
@@ -29,24 +33,6 @@ const ORGANS: [(&str, &str, &str, &str); 3] = [
     ("left_lung", "Left lung", "44029006", "Left lung"),
     ("heart", "Heart", "80891009", "Heart"),
 ];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures/dicom").join(name)
-}
-
-/// The header of a fixture (everything before the pixel data).
-fn header(name: &str) -> InMemDicomObject {
-    let path = fixture(name);
-    OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(&path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-        .into_inner()
-}
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> String {
     obj.element(tag)
@@ -203,31 +189,6 @@ fn expected(req: &SegRequest, built: &BuiltSeg) -> (Value, Vec<u8>) {
         "segments": segments,
     });
     (exp, masks)
-}
-
-fn run(cmd: &mut Command) -> (i32, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(255), text)
-}
-
-/// dciodvfy: no line starting with `Error`, no crash. Returns the warnings.
-fn dciodvfy(path: &Path) -> Result<Vec<String>, String> {
-    let (status, out) = run(Command::new("dciodvfy").arg(path));
-    if status >= 128 || out.lines().any(|l| l.starts_with("Error")) {
-        return Err(format!("dciodvfy ({status}):\n{out}"));
-    }
-    Ok(out
-        .lines()
-        .filter(|l| l.starts_with("Warning"))
-        .map(String::from)
-        .collect())
 }
 
 /// highdicom/pydicom read-back (tests/python/check_seg.py).

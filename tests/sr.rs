@@ -3,6 +3,10 @@
 //! (tests/python/check_sr.py) that finds each finding with its code, probability and image.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod builders;
+
+use builders::{dciodvfy, header, root, run};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,26 +19,12 @@ use cxr_worker::report::{
 };
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::{InMemDicomObject, OpenFileOptions};
+use dicom_object::InMemDicomObject;
 use serde_json::{Value, json};
 
 const RG1: &str = "RG1_UNCR.dcm";
 const SIIM: &str = "siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm";
 const DX966: &str = "966_fixed.dcm";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The header of a fixture (everything before the pixel data).
-fn header(name: &str) -> InMemDicomObject {
-    let path = root().join("tests/fixtures/dicom").join(name);
-    OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(&path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-        .into_inner()
-}
 
 fn image_ref(obj: &InMemDicomObject) -> ImageRef {
     let s = |t| {
@@ -159,32 +149,6 @@ fn expected(req: &ReportRequest, sop_uid: &str, series_uid: &str, charset: Optio
         "ratios": ratios,
         "comments": comments,
     })
-}
-
-fn run(cmd: &mut Command) -> (i32, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // A signal (crash) has no code: report it as 128+.
-    (out.status.code().unwrap_or(255), text)
-}
-
-/// dciodvfy: no line starting with `Error`, no crash. Returns the warnings.
-fn dciodvfy(path: &Path) -> Result<Vec<String>, String> {
-    let (status, out) = run(Command::new("dciodvfy").arg(path));
-    if status >= 128 || out.lines().any(|l| l.starts_with("Error")) {
-        return Err(format!("dciodvfy ({status}):\n{out}"));
-    }
-    Ok(out
-        .lines()
-        .filter(|l| l.starts_with("Warning"))
-        .map(String::from)
-        .collect())
 }
 
 /// DCMTK dsrdump (it checks the IOD's relationship constraints by default): status 0 and no
