@@ -4,7 +4,8 @@
 //! one [`Analyser`] (ONNX Runtime sessions) and runs it on a blocking thread. Any number of
 //! workers, on any number of machines, share the job queue in PostgreSQL.
 //!
-//! A job that cannot complete is retried with backoff; every take of a job counts as an attempt
+//! A running job's lease is renewed every third of its length, so a long job is not taken over
+//! while its worker lives. A job that cannot complete is retried with backoff; every take of a job counts as an attempt
 //! (also one whose worker died), and a job past `max_attempts` is failed with its reason and never
 //! taken again; its study then gets a "not analysed" SR naming the failure when it has no report
 //! yet. Images are decoded in a helper process, so a codec crash costs one image; should the
@@ -207,7 +208,12 @@ async fn run_job(
     s: &WorkerSettings,
     job: &Job,
 ) -> Result<(), sqlx::Error> {
-    match process(pool, storage, analyser, s, job).await {
+    let outcome = tokio::select! {
+        biased;
+        outcome = process(pool, storage, analyser, s, job) => outcome,
+        never = renew_lease(pool, s, job.id) => match never {},
+    };
+    match outcome {
         Ok(summary) => tracing::info!(%summary, "job done"),
         Err(JobError::LeaseLost) => {
             tracing::warn!("lease lost: leaving the job to its new owner");
@@ -232,6 +238,28 @@ async fn run_job(
         }
     }
     Ok(())
+}
+
+/// Renew the job's lease every third of its length while the job runs, so that a job that runs
+/// longer than its lease is not taken over while its worker is alive; a worker that stalls (or
+/// dies) stops renewing, and another takes the job once the lease expires. Never returns: when
+/// the lease is lost it stops renewing and waits, and the job's end finds the lease gone
+/// (nothing is committed by a worker that no longer holds the job).
+async fn renew_lease(pool: &PgPool, s: &WorkerSettings, job_id: i64) -> std::convert::Infallible {
+    let every = (s.lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        match jobs::extend_lease(pool, job_id, &s.owner, s.lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("lease lost while the job runs: another worker took it");
+                break;
+            }
+            // the database is away: try again at the next tick (the lease may still hold)
+            Err(e) => tracing::warn!(error = %e, "cannot renew the job's lease"),
+        }
+    }
+    std::future::pending().await
 }
 
 /// A study whose job failed for good gets a "not analysed" SR naming the failure, unless it has

@@ -67,7 +67,8 @@ async fn endpoints_answer_and_count_an_end_to_end_run() {
     let sections = format!(
         "[study]\nquiet_period_secs = 1\nworkers = 1\npoll_interval_secs = 0.2\n\
          [report]\nretry_base_secs = 0.5\n\
-         [[destinations]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {}\n",
+         [[destinations]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         outputs = [\"sr\"]\n",
         pacs.port
     );
     let config = write_config_with(

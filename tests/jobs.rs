@@ -178,3 +178,55 @@ async fn fail_and_dequeue_respect_the_lease_and_the_attempts() {
     );
     assert!(jobs::fail_exhausted(&pool, 2).await.unwrap().is_empty());
 }
+
+/// A job that runs longer than its lease is not taken over while its worker is alive: the
+/// worker renews the lease as it goes. Two workers, a half-second lease, a five-image study
+/// (JPEG 2000 and JPEG-LS among them) whose job takes more than twice that: it is done in one
+/// attempt and reported once (without the renewal the idle worker takes the job over).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_longer_than_its_lease_is_renewed_not_taken_over() {
+    let db = TestDb::create().await;
+    let sections = "[study]\nquiet_period_secs = 1\nworkers = 2\npoll_interval_secs = 0.1\n\
+                    lease_secs = 0.5\n";
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = write_config_with(&dir, &db.url, "", sections);
+    let d = Daemon::start_with(dir, config);
+    let files: Vec<_> = [
+        "RG1_UNCR.dcm",
+        "RG1_UNCI.dcm",
+        "RG1_J2KR.dcm",
+        "RG1_J2KI.dcm",
+        "RG1_JLSN.dcm",
+    ]
+    .iter()
+    .map(|f| fixture(f))
+    .collect();
+    let acks = pynetdicom_send(&d, "MODALITY", 1, &files);
+    assert!(acks.iter().all(|x| x.status == 0), "{acks:?}");
+    let pool = db.pool().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (state, attempts, took): (String, i32, f64) = loop {
+        let row: Option<(String, i32, f64)> = sqlx::query_as(
+            "SELECT state, attempts, extract(epoch FROM updated_at - created_at)::float8 FROM jobs",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(r) = row.filter(|r| r.0 == "done" || r.0 == "failed") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no job done");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((state.as_str(), attempts), ("done", 1), "{}", d.log_text());
+    let reports: i64 = sqlx::query_scalar("SELECT count(*) FROM reports")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(reports, 1);
+    assert!(!d.log_text().contains("lease lost"), "{}", d.log_text());
+    assert!(
+        took > 1.0,
+        "the job took {took:.2} s: not longer than its lease, nothing tested"
+    );
+}

@@ -105,7 +105,15 @@ async fn wait_until(pool: &PgPool, sql: &str, uid: &str, within: Duration) {
         if done {
             return;
         }
-        assert!(Instant::now() < deadline, "{sql} ({uid}) after {within:?}");
+        if Instant::now() >= deadline {
+            let rows: Vec<(String, String, String, i32, Option<String>)> = sqlx::query_as(
+                "SELECT study_instance_uid, kind, state, attempts, last_error FROM outbox ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            panic!("{sql} ({uid}) after {within:?}; the outbox: {rows:#?}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -132,6 +140,7 @@ async fn study_of(pool: &PgPool, n: i64) -> String {
 const DELIVERED: &str =
     "SELECT EXISTS (SELECT 1 FROM outbox WHERE study_instance_uid = $1 AND state = 'sent')";
 const RETRYING: &str = "SELECT EXISTS (SELECT 1 FROM outbox WHERE study_instance_uid = $1 AND state = 'queued' AND attempts >= 1)";
+const ALL_SENT: &str = "SELECT bool_and(state = 'sent') FROM outbox WHERE study_instance_uid = $1";
 const OUTPUTS_PURGED: &str = "SELECT count(*) = 2 AND bool_and(purged_at IS NOT NULL) \
      FROM image_outputs WHERE study_instance_uid = $1";
 const PURGED: &str =
@@ -163,7 +172,9 @@ async fn retention_removes_delivered_studies_only() {
     let acks = pynetdicom_send(&d, "MODALITY", 1, &[fixture("RG1_UNCR.dcm")]);
     assert_eq!(acks[0].status, 0);
     let a = study_of(&pool, 0).await;
+    // all of A: its SR, SEG and SC
     wait_until(&pool, DELIVERED, &a, Duration::from_secs(120)).await;
+    wait_until(&pool, ALL_SENT, &a, Duration::from_secs(60)).await;
 
     // study B is analysed and reported, but the PACS is down: not delivered
     let down = pacs.take().unwrap().stop(); // the PACS goes down; its port stays held
@@ -221,7 +232,7 @@ async fn retention_removes_delivered_studies_only() {
         &pacs_dir,
         &["-aet", "PACS", "+xa", "-uf"],
     ));
-    wait_until(&pool, DELIVERED, &b, Duration::from_secs(60)).await;
+    wait_until(&pool, ALL_SENT, &b, Duration::from_secs(60)).await;
     wait_until(&pool, PURGED, &b, Duration::from_secs(30)).await;
     assert!(!d.spool_objects().join(&b_key).exists());
     assert!(d.log_text().contains("retention: removed"));
