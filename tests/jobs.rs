@@ -230,3 +230,96 @@ async fn a_job_longer_than_its_lease_is_renewed_not_taken_over() {
         "the job took {took:.2} s: not longer than its lease, nothing tested"
     );
 }
+
+/// A worker stalled (SIGSTOP) longer than its lease loses its job to another worker, which
+/// reports the study; when the stalled one resumes, it finds its lease gone and commits nothing:
+/// one report, one SR at the PACS. Two daemons on one database and one spool.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_worker_resumes_without_a_second_report() {
+    let db = TestDb::create().await;
+    let pacs = StoreScp::start();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let sections = format!(
+        "{}\n",
+        analysis_sections(pacs.port).replace("[study]\n", "[study]\nlease_secs = 1\n")
+    );
+    let config = write_config_with(&dir, &db.url, "", &sections);
+    let a = Daemon::start_with(dir.clone(), config.clone());
+    let files: Vec<_> = [
+        "RG1_UNCR.dcm",
+        "RG1_UNCI.dcm",
+        "RG1_J2KR.dcm",
+        "RG1_J2KI.dcm",
+        "RG1_JLSN.dcm",
+    ]
+    .iter()
+    .map(|f| fixture(f))
+    .collect();
+    let acks = pynetdicom_send(&a, "MODALITY", 1, &files);
+    assert!(acks.iter().all(|x| x.status == 0), "{acks:?}");
+    let pool = db.pool().await;
+
+    // stop A as soon as its worker holds the job
+    let mine = format!("%:{}:%", a.pid());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'running' AND lease_owner LIKE $1)",
+        )
+        .bind(&mine)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if running {
+            a.signal(libc::SIGSTOP);
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never ran the job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reports: i64 = sqlx::query_scalar("SELECT count(*) FROM reports")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(reports, 0, "A finished before it was stopped");
+
+    // B takes the job over once A's lease has expired, and reports the study
+    let b = Daemon::start_with(dir, config);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state = 'sent'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if sent >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B did not report:\n{}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A resumes: its job is gone, nothing more is reported or sent
+    let mark = a.log_len();
+    a.signal(libc::SIGCONT);
+    a.wait_log("lease lost", mark, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (reports, outbox, attempts): (i64, i64, i32) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM reports), (SELECT count(*) FROM outbox),
+                (SELECT max(attempts) FROM jobs)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((reports, outbox), (1, 1), "{}", a.log_text());
+    assert_eq!(attempts, 2, "A's take and B's");
+    assert_eq!(pacs.files().len(), 1);
+    let state: String = sqlx::query_scalar("SELECT state FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "done");
+}
