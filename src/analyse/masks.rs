@@ -11,18 +11,21 @@
 use super::analyser::{Findings, MASK_THRESHOLD};
 use crate::findings::BitMask;
 
-/// One source coordinate's two neighbours in the mask and the weight of the second.
+/// One output coordinate's two neighbours in a coarser (or finer) grid and the weight of the
+/// second: bilinear interpolation, pixel centres aligned, edges clamped.
 #[derive(Debug, Clone, Copy)]
-struct Tap {
-    lo: usize,
-    hi: usize,
-    t: f32,
+pub(super) struct Tap {
+    pub lo: usize,
+    pub hi: usize,
+    pub t: f32,
 }
 
-fn taps(s: usize, n: usize) -> Vec<Tap> {
-    let scale = s as f64 / n.max(1) as f64;
-    let last = s.saturating_sub(1);
-    (0..n)
+/// The taps from a grid of `n_in` samples to `n_out`; the masks here and the class maps of
+/// the picture ([`super::overlay`]) are resampled with them.
+pub(super) fn taps(n_in: usize, n_out: usize) -> Vec<Tap> {
+    let scale = n_in as f64 / n_out.max(1) as f64;
+    let last = n_in.saturating_sub(1);
+    (0..n_out)
         .map(|i| {
             let p = ((i as f64 + 0.5) * scale - 0.5).clamp(0.0, last as f64);
             let lo = p.floor() as usize;
@@ -35,6 +38,13 @@ fn taps(s: usize, n: usize) -> Vec<Tap> {
         .collect()
 }
 
+/// The value at (`ty`, `tx`) between rows `r0` (at `ty.lo`) and `r1` (at `ty.hi`).
+pub(super) fn bilinear(r0: &[f32], r1: &[f32], ty: &Tap, tx: &Tap) -> f32 {
+    let top = r0[tx.lo] + (r0[tx.hi] - r0[tx.lo]) * tx.t;
+    let bottom = r1[tx.lo] + (r1[tx.hi] - r1[tx.lo]) * tx.t;
+    top + (bottom - top) * ty.t
+}
+
 /// Resample one S×S probability plane to `rows`×`columns` and threshold it. A plane of the
 /// wrong length (or S = 0) gives an empty (all zero) mask of the asked size.
 pub fn resample(plane: &[f32], s: usize, rows: usize, columns: usize) -> BitMask {
@@ -45,10 +55,7 @@ pub fn resample(plane: &[f32], s: usize, rows: usize, columns: usize) -> BitMask
             let (r0, r1) = (&plane[ty.lo * s..][..s], &plane[ty.hi * s..][..s]);
             let row = &mut bits[y * columns..(y + 1) * columns];
             for (out, tx) in row.iter_mut().zip(&xs) {
-                let top = r0[tx.lo] + (r0[tx.hi] - r0[tx.lo]) * tx.t;
-                let bottom = r1[tx.lo] + (r1[tx.hi] - r1[tx.lo]) * tx.t;
-                let p = top + (bottom - top) * ty.t;
-                *out = u8::from(p > MASK_THRESHOLD);
+                *out = u8::from(bilinear(r0, r1, ty, tx) > MASK_THRESHOLD);
             }
         }
     }

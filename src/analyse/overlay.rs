@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use font8x8::{BASIC_FONTS, UnicodeFonts};
 
 use super::analyser::{CtrBasis, Findings, LabelMap, MASK_THRESHOLD};
-use super::masks;
+use super::masks::{self, bilinear, taps};
 use crate::findings::BitMask;
 
 /// An RGB colour.
@@ -403,31 +403,6 @@ fn outline(canvas: &mut Canvas, image: Rect, mask: &BitMask, colour: Rgb) {
 
 // ---------------------------------------------------------------- class maps
 
-/// One output coordinate's two neighbours in a coarser grid and the weight of the second.
-#[derive(Debug, Clone, Copy)]
-struct Tap {
-    lo: usize,
-    hi: usize,
-    t: f32,
-}
-
-/// Bilinear taps from a grid of `n_in` samples to `n_out`, pixel centres aligned, edges clamped.
-fn taps(n_in: usize, n_out: usize) -> Vec<Tap> {
-    let scale = n_in as f32 / n_out.max(1) as f32;
-    let last = n_in.saturating_sub(1);
-    (0..n_out)
-        .map(|i| {
-            let p = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, last as f32);
-            let lo = (p.floor() as usize).min(last);
-            Tap {
-                lo,
-                hi: (lo + 1).min(last),
-                t: p - lo as f32,
-            }
-        })
-        .collect()
-}
-
 /// The class map of `d`, normalised to its own range, where it is above [`MAP_FLOOR`].
 fn draw_class_map(canvas: &mut Canvas, image: Rect, findings: &Findings, d: &Drawn) {
     let (mh, mw) = findings.class_map_size;
@@ -451,9 +426,7 @@ fn draw_class_map(canvas: &mut Canvas, image: Rect, findings: &Findings, d: &Dra
         let (r0, r1) = (&map[ty.lo * mw..][..mw], &map[ty.hi * mw..][..mw]);
         let row = canvas.image_row(image, y);
         for (px, tx) in row.chunks_exact_mut(3).zip(&xs) {
-            let top = r0[tx.lo] + (r0[tx.hi] - r0[tx.lo]) * tx.t;
-            let bottom = r1[tx.lo] + (r1[tx.hi] - r1[tx.lo]) * tx.t;
-            let a = (top + (bottom - top) * ty.t - lo) / range;
+            let a = (bilinear(r0, r1, ty, tx) - lo) / range;
             if a > MAP_FLOOR {
                 mix(
                     px,

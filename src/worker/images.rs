@@ -57,6 +57,31 @@ pub(super) struct Issued {
     pub problems: Vec<String>,
 }
 
+impl Issued {
+    /// Archive a built output of `source` and keep it for recording, at `at`'s instance number;
+    /// `at` moves on to the next number in the same series. Returns its reference.
+    async fn keep(
+        &mut self,
+        s: &WorkerSettings,
+        at: &mut Placement,
+        object: BuiltObject,
+        source: &str,
+    ) -> Result<ImageRef, JobError> {
+        let object = Arc::new(object);
+        let reference = image_ref(&object);
+        at.series_instance_uid = Some(object.series_instance_uid.clone());
+        let archive_path = archive(s, object.clone()).await?;
+        self.made.push(Made {
+            object,
+            source_sop_instance_uid: source.to_string(),
+            instance_number: at.instance_number,
+            archive_path,
+        });
+        at.instance_number += 1;
+        Ok(reference)
+    }
+}
+
 /// Where the next output of `kind` goes in the study: the existing series and the next number,
 /// or a new series from 1.
 async fn next_placement(
@@ -134,20 +159,8 @@ pub(super) async fn make(
         match built.seg {
             None => {}
             Some(Ok((object, segments))) => {
-                let object = Arc::new(object);
-                refs.seg = Some(SegReference {
-                    object: image_ref(&object),
-                    segments,
-                });
-                seg_at.series_instance_uid = Some(object.series_instance_uid.clone());
-                let archive_path = archive(s, object.clone()).await?;
-                issued.made.push(Made {
-                    object,
-                    source_sop_instance_uid: source.clone(),
-                    instance_number: seg_at.instance_number,
-                    archive_path,
-                });
-                seg_at.instance_number += 1;
+                let object = issued.keep(s, &mut seg_at, object, &source).await?;
+                refs.seg = Some(SegReference { object, segments });
             }
             Some(Err(reason)) => issued
                 .problems
@@ -155,19 +168,7 @@ pub(super) async fn make(
         }
         match built.sc {
             None => {}
-            Some(Ok(object)) => {
-                let object = Arc::new(object);
-                refs.sc = Some(image_ref(&object));
-                sc_at.series_instance_uid = Some(object.series_instance_uid.clone());
-                let archive_path = archive(s, object.clone()).await?;
-                issued.made.push(Made {
-                    object,
-                    source_sop_instance_uid: source.clone(),
-                    instance_number: sc_at.instance_number,
-                    archive_path,
-                });
-                sc_at.instance_number += 1;
-            }
+            Some(Ok(object)) => refs.sc = Some(issued.keep(s, &mut sc_at, object, &source).await?),
             Some(Err(reason)) => issued
                 .problems
                 .push(format!("no SC for {source}: {reason}")),
