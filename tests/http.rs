@@ -10,19 +10,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sqlx::PgPool;
-
-async fn wait_for(pool: &PgPool, sql: &'static str, want: i64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
-        if n >= want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql}: {n} < {want}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))

@@ -179,6 +179,20 @@ async fn fail_and_dequeue_respect_the_lease_and_the_attempts() {
     assert!(jobs::fail_exhausted(&pool, 2).await.unwrap().is_empty());
 }
 
+/// Five images of one study (RG1, JPEG 2000 and JPEG-LS among them): a job that takes a while.
+fn five_image_study() -> Vec<std::path::PathBuf> {
+    [
+        "RG1_UNCR.dcm",
+        "RG1_UNCI.dcm",
+        "RG1_J2KR.dcm",
+        "RG1_J2KI.dcm",
+        "RG1_JLSN.dcm",
+    ]
+    .iter()
+    .map(|f| fixture(f))
+    .collect()
+}
+
 /// A job that runs longer than its lease is not taken over while its worker is alive: the
 /// worker renews the lease as it goes. Two workers, a half-second lease, a five-image study
 /// (JPEG 2000 and JPEG-LS among them) whose job takes more than twice that: it is done in one
@@ -191,16 +205,7 @@ async fn a_job_longer_than_its_lease_is_renewed_not_taken_over() {
     let dir = tempfile::tempdir().unwrap().keep();
     let config = write_config_with(&dir, &db.url, "", sections);
     let d = Daemon::start_with(dir, config);
-    let files: Vec<_> = [
-        "RG1_UNCR.dcm",
-        "RG1_UNCI.dcm",
-        "RG1_J2KR.dcm",
-        "RG1_J2KI.dcm",
-        "RG1_JLSN.dcm",
-    ]
-    .iter()
-    .map(|f| fixture(f))
-    .collect();
+    let files = five_image_study();
     let acks = pynetdicom_send(&d, "MODALITY", 1, &files);
     assert!(acks.iter().all(|x| x.status == 0), "{acks:?}");
     let pool = db.pool().await;
@@ -245,16 +250,7 @@ async fn a_stalled_worker_resumes_without_a_second_report() {
     );
     let config = write_config_with(&dir, &db.url, "", &sections);
     let a = Daemon::start_with(dir.clone(), config.clone());
-    let files: Vec<_> = [
-        "RG1_UNCR.dcm",
-        "RG1_UNCI.dcm",
-        "RG1_J2KR.dcm",
-        "RG1_J2KI.dcm",
-        "RG1_JLSN.dcm",
-    ]
-    .iter()
-    .map(|f| fixture(f))
-    .collect();
+    let files = five_image_study();
     let acks = pynetdicom_send(&a, "MODALITY", 1, &files);
     assert!(acks.iter().all(|x| x.status == 0), "{acks:?}");
     let pool = db.pool().await;
@@ -284,23 +280,14 @@ async fn a_stalled_worker_resumes_without_a_second_report() {
     assert_eq!(reports, 0, "A finished before it was stopped");
 
     // B takes the job over once A's lease has expired, and reports the study
-    let b = Daemon::start_with(dir, config);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state = 'sent'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        if sent >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B did not report:\n{}",
-            b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let _b = Daemon::start_with(dir, config);
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM outbox WHERE state = 'sent'",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
 
     // A resumes: its job is gone, nothing more is reported or sent
     let mark = a.log_len();

@@ -6,11 +6,10 @@ mod common;
 mod gate;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use gate::{dicom_field, image_outputs, sop_class, validate, validate_image};
-use sqlx::PgPool;
 
 /// The daemon sending its SRs to `pacs`.
 fn start(db: &TestDb, pacs: &StoreScp) -> Daemon {
@@ -60,21 +59,6 @@ fn outputs_of<'a>(
         .iter()
         .filter(|v| v["sop_class_uid"] == class && v["sources"] == serde_json::json!([source]))
         .collect()
-}
-
-async fn wait_for(pool: &PgPool, sql: &'static str, want: i64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
-        if n >= want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{sql}: {n} < {want} after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn sr_for_study<'a>(

@@ -67,3 +67,19 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// Wait until `sql` (a count) reaches `want`; panics after `within` with the count it had.
+pub async fn wait_for(pool: &PgPool, sql: &'static str, want: i64, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
+        if n >= want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql}: {n} < {want} after {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

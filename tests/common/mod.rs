@@ -22,7 +22,7 @@ mod pynetdicom;
 pub use {
     config::{AE, analysis_sections, analysis_sections_with, write_config, write_config_with},
     daemon::Daemon,
-    db::{TestDb, admin_url},
+    db::{TestDb, admin_url, wait_for},
     dcmtk::StoreScp,
     fixtures::{dataset_bytes, fixture, python, root, run, staged_files, text},
     http::{http_get, parse_metrics},
