@@ -14,6 +14,8 @@ command -v c++ >/dev/null || need+=(g++)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 # the DICOM TLS tests and benchmark make their certificates with the openssl CLI
 command -v openssl >/dev/null || need+=(openssl)
+# ip (iproute2): tests/scale_out.rs puts each daemon on a "host" of its own (a network namespace)
+[[ -x /usr/sbin/ip || -x /sbin/ip ]] || command -v ip >/dev/null || need+=(iproute2)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null || need+=(postgresql-client)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

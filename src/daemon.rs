@@ -97,8 +97,11 @@ impl Daemon {
             tracing::warn!(error = %e, "NOTIFY_SOCKET unusable: not notifying systemd");
             Notifier::disabled()
         });
-        config.dicom.check_admission()?;
-        if config.dicom.allow_any_calling_ae {
+        let roles = config.process.roles;
+        if roles.receive {
+            config.dicom.check_admission()?;
+        }
+        if roles.receive && config.dicom.allow_any_calling_ae {
             tracing::warn!(
                 "dicom.allow_any_calling_ae = true: any peer that reaches the port may store studies under any calling AE title"
             );
@@ -124,12 +127,16 @@ impl Daemon {
         let http = bind_http(&config).await?;
         let mut listeners = Vec::with_capacity(2);
         let dicom_addr = match config.dicom.listen {
-            Some(addr) => Some(bind_dicom(addr, false, &config, &mut listeners).await?),
-            None => None,
+            Some(addr) if roles.receive => {
+                Some(bind_dicom(addr, false, &config, &mut listeners).await?)
+            }
+            _ => None,
         };
         let tls_addr = match &config.dicom.tls {
-            Some(tls) => Some(bind_dicom(tls.listen, true, &config, &mut listeners).await?),
-            None => None,
+            Some(tls) if roles.receive => {
+                Some(bind_dicom(tls.listen, true, &config, &mut listeners).await?)
+            }
+            _ => None,
         };
         Ok(Some(Self {
             config,
@@ -147,7 +154,8 @@ impl Daemon {
         }))
     }
 
-    /// The address the plain DICOM listener is bound to (`None`: `dicom.listen = "off"`).
+    /// The address the plain DICOM listener is bound to (`None`: `dicom.listen = "off"`, or the
+    /// process does not receive).
     pub fn dicom_addr(&self) -> Option<SocketAddr> {
         self.dicom_addr
     }
@@ -185,15 +193,16 @@ impl Daemon {
             tls_addr,
             http,
         } = self;
+        let roles = config.process.roles;
         let heartbeats = Heartbeats::new();
-        let receive_beat = heartbeats.register("receive");
+        let receive_beat = roles.receive.then(|| heartbeats.register("receive"));
         let _watchdog = Watchdog::spawn_if_enabled(&notifier, &heartbeats, shutdown.clone());
         if let Err(e) = notifier.ready() {
             tracing::warn!(error = %e, "cannot notify READY");
         }
-        notify_status(
-            &notifier,
-            &format!(
+        tracing::info!(roles = %roles.names(), workers = analysers.len(), "running");
+        let status = if roles.receive {
+            format!(
                 "receiving as {} on {}",
                 config.dicom.ae_title,
                 [
@@ -204,8 +213,11 @@ impl Daemon {
                 .flatten()
                 .collect::<Vec<_>>()
                 .join(" and ")
-            ),
-        );
+            )
+        } else {
+            format!("running as {}", roles.names())
+        };
+        notify_status(&notifier, &status);
         let live = Live::new(&config, space.clone());
         live.certificates
             .warn_if_expiring(crate::ops::certificates::unix_now());
@@ -249,8 +261,11 @@ impl Daemon {
         };
         let workers = analysers.len();
         tasks.spawn_workers(&config, &live, analysers);
-        tasks.spawn_sender(&live);
-        tasks.spawn_upkeep(&live, &space);
+        if roles.send {
+            tasks.spawn_sender(&live);
+            tasks.spawn_retention(&live);
+        }
+        tasks.spawn_disk_sampler(&space);
         if let Some((listener, _)) = http {
             tasks.spawn_http(listener, &config, &live, workers);
         }
@@ -264,17 +279,22 @@ impl Daemon {
             shutdown.clone(),
         ));
         tasks.tracker.close();
-        receive::run(
-            listeners,
-            scp_settings,
-            Arc::new(ingest),
-            scp_stats,
-            budget,
-            shutdown,
-            move || receive_beat.beat(),
-        )
-        .await;
-        // the receiver has drained; workers finish the job in hand
+        match receive_beat {
+            Some(beat) => {
+                receive::run(
+                    listeners,
+                    scp_settings,
+                    Arc::new(ingest),
+                    scp_stats,
+                    budget,
+                    shutdown,
+                    move || beat.beat(),
+                )
+                .await
+            }
+            None => shutdown.cancelled().await,
+        }
+        // the receiver has drained (or there is none); workers finish the job in hand
         tasks.tracker.wait().await;
         if let Some(a) = &auditor {
             a.record(&AuditEvent::application_stop(
@@ -346,13 +366,17 @@ impl Tasks {
         ));
     }
 
-    /// The disk-space sampler and the retention task.
-    fn spawn_upkeep(&self, live: &Live, space: &Arc<SpoolSpace>) {
+    /// The disk-space sampler (the receive watermark, and the metric in every role).
+    fn spawn_disk_sampler(&self, space: &Arc<SpoolSpace>) {
         self.tracker.spawn(
             space
                 .clone()
                 .run(diskspace::SAMPLE_INTERVAL, self.shutdown.clone()),
         );
+    }
+
+    /// Retention: removes what has been delivered, so it runs with the sender.
+    fn spawn_retention(&self, live: &Live) {
         self.tracker.spawn(retention::run(
             self.pool.clone(),
             self.storage.clone(),
@@ -453,9 +477,12 @@ async fn sample_disk_space(space: &Arc<SpoolSpace>) {
     }
 }
 
-/// One analyser (ONNX Runtime sessions) per worker; a model that breaks the contract stops
-/// start-up with the mismatch named.
+/// One analyser (ONNX Runtime sessions) per worker, none unless the process analyses; a model
+/// that breaks the contract stops start-up with the mismatch named.
 fn load_analysers(config: &Config, notifier: &Notifier) -> Result<Vec<Analyser>, StartError> {
+    if !config.process.roles.analyse {
+        return Ok(Vec::new());
+    }
     let mut analysers = Vec::with_capacity(config.study.workers);
     for _ in 0..config.study.workers {
         notify_status(notifier, "loading models");

@@ -286,7 +286,9 @@ fn check_config(config: &std::path::Path, offline: bool) -> anyhow::Result<ExitC
     let mut checks = vec![check::config_summary(config, &cfg)];
     checks.extend(check::check_certificates(&cfg));
     if !offline {
-        checks.extend(check::check_models(&cfg));
+        if cfg.process.roles.analyse {
+            checks.extend(check::check_models(&cfg));
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

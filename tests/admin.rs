@@ -552,6 +552,21 @@ async fn check_config_reports_each_check_with_its_key() {
     assert!(out.contains("FAILED  models: "), "{out}");
     assert!(out.contains("OK      database.url"), "{out}");
 
+    // a process that does not analyse loads no models: they are not checked
+    let sub = dir.join("no-analysis");
+    std::fs::create_dir_all(&sub).unwrap();
+    let sections = format!(
+        "[process]\nroles = [\"receive\", \"send\"]\n{}",
+        models("/nonexistent/xnet.onnx")
+    );
+    let no_analysis = write_config_with(&sub, &db.url, "", &sections);
+    let o = cli(&no_analysis, &["check-config"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("roles receive,send"), "{out}");
+    assert!(out.contains("0 analysis worker(s)"), "{out}");
+    assert!(!out.contains("models."), "{out}");
+
     // --offline checks the file only
     let o = cli(&missing, &["check-config", "--offline"]);
     assert!(o.status.success(), "{}", text(&o));

@@ -197,7 +197,7 @@ async fn readyz_fails_while_the_database_is_down() {
     let ready = wait_ready(http, 200, Duration::from_secs(10));
     assert_eq!(
         ready["checks"]["models"]["detail"],
-        "receive-only (study.workers = 0)"
+        "no analysis in this process (study.workers = 0, or process.roles without \"analyse\")"
     );
 
     pg.pg_stop();

@@ -94,8 +94,9 @@ pub fn config_summary(path: &Path, cfg: &Config) -> Check {
     Check::ok(
         "config",
         format!(
-            "{}: AE title {} on {}, spool {}, {} analysis worker(s), destinations: {destinations}",
+            "{}: roles {}, AE title {} on {}, spool {}, {} analysis worker(s), destinations: {destinations}",
             path.display(),
+            cfg.process.roles.names(),
             cfg.dicom.ae_title,
             [
                 cfg.dicom.listen.map(|a| a.to_string()),
@@ -109,7 +110,11 @@ pub fn config_summary(path: &Path, cfg: &Config) -> Check {
             .collect::<Vec<_>>()
             .join(" and "),
             cfg.spool.dir.display(),
-            cfg.study.workers,
+            if cfg.process.roles.analyse {
+                cfg.study.workers
+            } else {
+                0
+            },
         ),
     )
 }

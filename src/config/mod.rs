@@ -18,6 +18,7 @@ mod env;
 mod http;
 mod log;
 mod models;
+mod process;
 mod report;
 mod secrets;
 mod spool;
@@ -37,6 +38,7 @@ pub use env::ENV_PREFIX;
 pub use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
 pub use models::{ExecutionProvider, ModelsConfig};
+pub use process::{ProcessConfig, Role, Roles};
 pub use report::{Destination, DestinationOutputs, ReportConfig};
 pub use spool::SpoolConfig;
 pub use study::StudyConfig;
@@ -50,6 +52,7 @@ use env::apply_env_overrides;
 use http::RawHttp;
 use log::RawLog;
 use models::RawModels;
+use process::RawProcess;
 use report::{RawDestination, RawReport, validate_destinations};
 use secrets::{redact, secrets_in_table, secrets_in_text};
 use spool::RawSpool;
@@ -100,6 +103,8 @@ pub struct Config {
     pub decode: DecodeConfig,
     /// The DICOM audit trail (`[audit]`); off unless the file says so.
     pub audit: AuditConfig,
+    /// What this process does: receive, analyse, send (`[process]`).
+    pub process: ProcessConfig,
     /// The file this configuration was read from (`None` when built from text); SIGHUP
     /// reloads it.
     pub source: Option<PathBuf>,
@@ -118,11 +123,13 @@ impl Config {
     }
 
     /// [`load`](Self::load) a file the daemon is to run from (SIGHUP reload, `check-config`; at
-    /// start-up `Daemon::build` checks the same): it must also say who may store
+    /// start-up `Daemon::build` checks the same): when it receives, it must also say who may store
     /// ([`DicomConfig::check_admission`]).
     pub fn load_to_serve(path: &Path) -> Result<Self, ConfigError> {
         let config = Self::load(path)?;
-        config.dicom.check_admission()?;
+        if config.process.roles.receive {
+            config.dicom.check_admission()?;
+        }
         Ok(config)
     }
 
@@ -206,6 +213,8 @@ struct RawConfig {
     decode: RawDecode,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    process: RawProcess,
 }
 
 impl RawConfig {
@@ -216,6 +225,8 @@ impl RawConfig {
         let spool = self.spool.validate(base)?;
         let destinations = validate_destinations(self.destinations, &dicom.ae_title, base)?;
         let report = self.report.validate(base, &spool.dir)?;
+        let study = self.study.validate()?;
+        let process = self.process.validate(study.workers)?;
         Ok(Config {
             dicom,
             database: self.database.validate(base, credentials)?,
@@ -224,10 +235,11 @@ impl RawConfig {
             log: self.log.validate()?,
             destinations,
             report,
-            study: self.study.validate()?,
+            study,
             http: self.http.validate()?,
             decode: self.decode.validate()?,
             audit: self.audit.validate(base)?,
+            process,
             source: None,
         })
     }

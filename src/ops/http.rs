@@ -8,7 +8,7 @@
 //! - `/readyz`: 200 only when every check passes, 503 otherwise; the JSON body has each check
 //!   with `ok` and `detail`:
 //!   - `database`: a trivial query answers within `[http] check_timeout_secs`;
-//!   - `models`: the analysis workers loaded their models (or the daemon is receive-only);
+//!   - `models`: the analysis workers loaded their models (or the process does not analyse);
 //!   - `spool`: a small file can be staged and discarded in the spool, and the spool's file
 //!     system is below its watermark (`[spool] max_used_percent`: new associations are refused
 //!     above it);
@@ -52,7 +52,7 @@ pub struct HttpState {
     pub heartbeats: Heartbeats,
     pub metrics: Arc<Metrics>,
     pub space: Arc<SpoolSpace>,
-    /// Analysis workers running, each with its models loaded; 0: receive-only.
+    /// Analysis workers running, each with its models loaded; 0: the process does not analyse.
     pub workers: usize,
     /// `[http]`: thresholds and time limits.
     pub config: HttpConfig,
@@ -213,7 +213,9 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
         let named: Vec<String> = failures.iter().map(|(n, r)| format!("{n}: {r}")).collect();
         Check::failed(named.join("; "))
     } else if state.workers == 0 {
-        Check::ok("receive-only (study.workers = 0)")
+        Check::ok(
+            "no analysis in this process (study.workers = 0, or process.roles without \"analyse\")",
+        )
     } else {
         Check::ok(format!("{} worker(s) with models loaded", state.workers))
     };
@@ -308,7 +310,7 @@ async fn check_spool(state: &HttpState) -> Check {
 
 async fn check_queue(state: &HttpState) -> Check {
     if state.workers == 0 {
-        return Check::ok("not checked: receive-only");
+        return Check::ok("not checked: no analysis in this process");
     }
     let query = async {
         let waiting = crate::db::jobs::oldest_waiting(&state.pool)
@@ -442,7 +444,10 @@ mod tests {
         assert_eq!(v["checks"]["database"]["ok"], false);
         assert_eq!(v["checks"]["spool"]["ok"], true, "{v}");
         assert_eq!(v["checks"]["models"]["ok"], true);
-        assert_eq!(v["checks"]["queue"]["detail"], "not checked: receive-only");
+        assert_eq!(
+            v["checks"]["queue"]["detail"],
+            "not checked: no analysis in this process"
+        );
         // the spool above its watermark fails the spool check
         s.space.set_max_used_percent(1e-9);
         s.space.refresh().unwrap();

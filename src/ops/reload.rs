@@ -183,7 +183,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     spool.retention = running.spool.retention;
     spool.retention_interval = running.spool.retention_interval;
     let mut out = Vec::new();
-    let sections: [(&'static str, bool); 10] = [
+    let sections: [(&'static str, bool); 11] = [
         ("dicom", same(&running.dicom, &dicom)),
         ("audit", same(&running.audit, &new.audit)),
         ("database", same(&running.database, &new.database)),
@@ -194,6 +194,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("report", same(&running.report, &new.report)),
         ("http", running.http == new.http),
         ("decode", running.decode == new.decode),
+        ("process", running.process == new.process),
     ];
     for (name, unchanged) in sections {
         if !unchanged {

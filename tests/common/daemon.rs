@@ -34,7 +34,29 @@ impl Daemon {
 
     /// Start a daemon with extra environment variables.
     pub fn start_env(dir: PathBuf, config: PathBuf, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cxr-worker"))
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_cxr-worker")),
+            dir,
+            config,
+            env,
+        )
+    }
+
+    /// Start a daemon inside the network namespace `netns` (`ip netns exec`, which execs the
+    /// daemon: its pid is the daemon's).
+    pub fn start_in(netns: &str, dir: PathBuf, config: PathBuf) -> Self {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(env!("CARGO_BIN_EXE_cxr-worker"));
+        Self::spawn(command, dir, config, &[])
+    }
+
+    /// Run `command` (the daemon binary, or a wrapper that execs it) with `serve --config`, and
+    /// wait until it runs: its DICOM listener's address is read from the log ("listening"); a
+    /// process that does not receive logs "running" instead, and gets the address 0.0.0.0:0.
+    fn spawn(mut command: Command, dir: PathBuf, config: PathBuf, env: &[(&str, &str)]) -> Self {
+        let mut child = command
             .args(["serve", "--config"])
             .arg(&config)
             .env_remove("RUST_LOG")
@@ -54,6 +76,8 @@ impl Daemon {
                 if line.contains("\"listening\"") {
                     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
                     let _ = tx.send(v["addr"].as_str().unwrap().to_string());
+                } else if line.contains("\"running\"") {
+                    let _ = tx.send("0.0.0.0:0".to_string());
                 }
                 sink.lock().unwrap().push(line);
             }

@@ -13,6 +13,7 @@ pub mod dul;
 mod fixtures;
 mod http;
 mod models;
+pub mod netns;
 mod notify;
 mod pg_cluster;
 mod ports;

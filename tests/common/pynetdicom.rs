@@ -19,7 +19,7 @@ pub struct Ack {
 pub fn pynetdicom_send(d: &Daemon, calling: &str, assocs: usize, files: &[PathBuf]) -> Vec<Ack> {
     let mut args: Vec<String> = vec![
         root().join("tests/python/send.py").display().to_string(),
-        "127.0.0.1".into(),
+        d.addr.ip().to_string(),
         d.port(),
         AE.into(),
         "--aet".into(),
