@@ -2,6 +2,7 @@
 # Creates the project's Python environment in .venv (reused when its requirements are unchanged).
 #   scripts/setup-python.sh          test requirements (pydicom, pynetdicom, highdicom, onnxruntime...)
 #   WITH_TORCH=1 scripts/setup-python.sh   also PyTorch, for onnx/ export and parity tests
+#   WITH_BENCH=1 scripts/setup-python.sh   also what the benchmarks plot with (matplotlib)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -19,4 +20,7 @@ install_if_changed() {
 install_if_changed requirements/test.txt
 if [[ ${WITH_TORCH:-0} == 1 ]]; then
   install_if_changed requirements/torch.txt
+fi
+if [[ ${WITH_BENCH:-0} == 1 ]]; then
+  install_if_changed requirements/bench.txt
 fi
