@@ -370,3 +370,94 @@ async fn receive_analyse_and_send_run_as_separate_processes() {
         assert_eq!(log.contains("\"delivered\""), delivered, "{roles}: {log}");
     }
 }
+
+/// Start the C-STORE of `file` on a new association to `host` and send all but its last PDV; the
+/// open association, the PDVs still to send, and the SOP Instance UID.
+fn store_all_but_the_end(host: &Host, file: &Path) -> (std::net::TcpStream, Vec<Vec<u8>>, String) {
+    use std::io::Write;
+    let bytes = std::fs::read(file).unwrap();
+    let sop = file.file_stem().unwrap().to_str().unwrap().to_string();
+    let mut s = dul::associate(
+        host.daemon.addr,
+        "MODALITY",
+        AE,
+        &[(1, dul::CR, dul::EXPLICIT_LE)],
+    )
+    .unwrap();
+    s.write_all(&dul::pdata(
+        1,
+        true,
+        true,
+        &dul::c_store_rq(7, dul::CR, &sop),
+    ))
+    .unwrap();
+    let layout = cxr_worker::dicom::guard::check(&bytes, Default::default()).unwrap();
+    let chunks: Vec<&[u8]> = bytes[layout.dataset_offset..].chunks(60 * 1024).collect();
+    let (head, tail) = chunks.split_at(chunks.len() - 1);
+    for c in head {
+        s.write_all(&dul::pdata(1, false, false, c)).unwrap();
+    }
+    let rest = vec![dul::pdata(1, false, true, tail[0])];
+    (s, rest, sop)
+}
+
+/// Wait until the shared spool holds `n` staged files; them. `host`'s log explains a failure.
+fn wait_staged(spool: &Path, n: usize, host: &Host) -> Vec<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let staged = staged_files(spool);
+        if staged.len() == n {
+            return staged;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{staged:?} staged, not {n}: {}\n{}",
+            text(&run("find", &[spool.to_str().unwrap()])),
+            host.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A receiver that starts never touches the files another running receiver is staging (each
+/// stages in a directory of its own, locked while it runs); it sweeps only what a dead one left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_starting_receiver_sweeps_only_what_a_dead_one_left() {
+    use std::io::Write;
+    let site = Site::new().await;
+    let mut a = site.host("a", Some(r#"["receive"]"#), 60.0);
+    let files = chest_copies(&site.shared.join("input"), &dul::new_uid(), 2);
+
+    // A is mid-transfer when B starts: A's staged file survives and A stores the instance
+    let (mut s, rest, sop) = store_all_but_the_end(&a, &files[0]);
+    let staged = wait_staged(&site.spool(), 1, &a);
+    let _b = site.host("b", Some(r#"["receive"]"#), 60.0);
+    assert!(staged[0].exists(), "B's start-up removed A's staged file");
+    for pdu in rest {
+        s.write_all(&pdu).unwrap();
+    }
+    let status = dul::status_of(&dul::read_one(&mut s).unwrap());
+    assert_eq!(status, Some(0));
+    dul::release(s);
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM instances WHERE sop_instance_uid = $1")
+            .bind(&sop)
+            .fetch_one(&site.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 1);
+
+    // A dies mid-transfer: its staged file is left until the next receiver starts
+    let (s, _, _) = store_all_but_the_end(&a, &files[1]);
+    let staged = wait_staged(&site.spool(), 1, &a);
+    a.daemon.kill9();
+    drop(s);
+    assert!(staged[0].exists());
+    let c = site.host("c", Some(r#"["receive"]"#), 60.0);
+    wait_staged(&site.spool(), 0, &c);
+    assert_eq!(
+        site.count("SELECT count(*) FROM instances").await,
+        1,
+        "the unfinished instance was never acknowledged nor recorded"
+    );
+}
