@@ -422,9 +422,11 @@ mod tests {
                 ),
                 ("CXR_WORKER__DATABASE__URL", "postgres://x@localhost:5/y"),
                 ("CXR_WORKER__SPOOL__DIR", "relative/spool"),
+                ("CXR_WORKER__PROCESS__ROLES", r#"["analyse"]"#),
             ],
         )
         .unwrap();
+        assert_eq!(c.process.roles.names(), "analyse");
         assert_eq!(c.dicom.ae_title.as_str(), "OTHER");
         assert_eq!(c.dicom.max_associations, 4);
         assert_eq!(c.dicom.allowed_calling_ae_titles.len(), 2);
