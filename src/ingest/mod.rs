@@ -871,6 +871,8 @@ fn stage_stream(
         {
             failed = Some(spool_error(e));
         }
+        // the fragment's buffer goes back to the receive side for a later fragment
+        crate::dicom::pdu::recycle(bytes);
         if failed.is_some() {
             // the writer removes the partial file
             writer = None;
