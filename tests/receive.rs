@@ -668,3 +668,140 @@ async fn kill_9_mid_study_loses_no_acknowledged_instance() {
     assert_eq!(n as usize, files.len());
     assert!(d2.terminate().success());
 }
+
+/// Instances that complete at the same moment on several associations are committed together
+/// (the group committer takes them as one batch), and each still gets its own outcome: the same
+/// instance sent by four associations at once is stored once and counted three times as a
+/// duplicate — never "restored" because its first copy was still being published in the batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_associations_group_commit_and_keep_each_outcome() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = write_config(&dir, &db.url, "");
+    let d = Daemon::start_env(
+        dir,
+        config,
+        &[("RUST_LOG", "info,cxr_worker::ingest=debug")],
+    );
+    let distinct: Vec<PathBuf> = [
+        "RG3_J2KI.dcm",
+        "RG1_J2KI.dcm",
+        "RG2_J2KI.dcm",
+        "RG3_JLSN.dcm",
+        "RG2_JLSN.dcm",
+        "RG1_JLSN.dcm",
+    ]
+    .iter()
+    .map(|f| fixture(f))
+    .collect();
+    // four copies of each in a row: send.py deals them round-robin, so every association sends
+    // the same instance at the same moment
+    let files: Vec<PathBuf> = distinct
+        .iter()
+        .flat_map(|f| std::iter::repeat_n(f.clone(), 4))
+        .collect();
+    let acks = pynetdicom_send(&d, "PYNETDICOM", 4, &files);
+    assert_eq!(acks.len(), files.len());
+    assert!(acks.iter().all(|a| a.status == 0), "{acks:?}");
+
+    let pool = db.pool().await;
+    let rows: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT sop_instance_uid, spool_key, duplicate_count FROM instances ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), distinct.len(), "{rows:?}");
+    for f in &distinct {
+        let (_, key, dups) = rows
+            .iter()
+            .find(|(sop, _, _)| *sop == sop_instance_of(f))
+            .unwrap_or_else(|| panic!("{} not recorded", f.display()));
+        assert_eq!(*dups, 3, "{}", f.display());
+        let stored = std::fs::read(d.spool_objects().join(key)).unwrap();
+        assert!(dataset_bytes(&stored) == dataset_bytes(&std::fs::read(f).unwrap()));
+    }
+    assert!(staged_files(&d.dir.join("spool")).is_empty());
+    let m = parse_metrics(&http_get(d.http_addr(), "/metrics").1);
+    assert_eq!(
+        m["cxr_instances_received_total"],
+        distinct.len() as f64,
+        "{m:?}"
+    );
+    assert_eq!(
+        m["cxr_instances_duplicate_total"],
+        3.0 * distinct.len() as f64
+    );
+    assert_eq!(m["cxr_instances_restored_total"], 0.0);
+    // and they were committed in batches: at least one took instances of several associations
+    let log = d.log_text();
+    let batches: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("\"group commit\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            v["instances"]
+                .as_u64()
+                .or(v["fields"]["instances"].as_u64())
+        })
+        .collect();
+    assert_eq!(
+        batches.iter().sum::<u64>(),
+        files.len() as u64,
+        "{batches:?}"
+    );
+    assert!(batches.iter().any(|&n| n > 1), "{batches:?}");
+}
+
+/// With the database down, instances arriving together on several associations (one batch) are
+/// all refused with A700 and none is acknowledged; nothing is left staged. Once it is back, the
+/// senders' retries are all stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn database_outage_refuses_a_whole_batch_and_acknowledges_nothing() {
+    let pg = PrivatePg::start();
+    let db = TestDb::create_on(&pg.admin_url()).await;
+    let d = Daemon::start(&db.url, "");
+    let files: Vec<PathBuf> = [
+        "RG3_J2KI.dcm",
+        "RG1_J2KI.dcm",
+        "RG2_J2KI.dcm",
+        "RG3_JLSN.dcm",
+        "RG2_JLSN.dcm",
+        "RG1_JLSN.dcm",
+        "RG3_J2KR.dcm",
+        "RG3_JLSL.dcm",
+    ]
+    .iter()
+    .map(|f| fixture(f))
+    .collect();
+    pg.pg_stop();
+    let acks = pynetdicom_send(&d, "PYNETDICOM", 4, &files);
+    assert_eq!(acks.len(), files.len());
+    for a in &acks {
+        assert_eq!(a.status, 0xA700, "database down: never Success: {acks:?}");
+        assert!(a.comment.contains("database"), "{acks:?}");
+    }
+    assert!(staged_files(&d.dir.join("spool")).is_empty());
+    assert!(
+        std::fs::read_dir(d.spool_objects())
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing published for refused instances"
+    );
+
+    pg.pg_start();
+    let acks = pynetdicom_send(&d, "PYNETDICOM", 4, &files);
+    assert!(acks.iter().all(|a| a.status == 0), "{acks:?}");
+    let pool = db.pool().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM instances WHERE duplicate_count = 0")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, files.len() as i64);
+    for f in &files {
+        let key = stored_key(&pool, f, true).await;
+        let stored = std::fs::read(d.spool_objects().join(key)).unwrap();
+        assert!(dataset_bytes(&stored) == dataset_bytes(&std::fs::read(f).unwrap()));
+    }
+}

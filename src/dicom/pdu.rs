@@ -3,11 +3,14 @@
 //! one PDU. Each read and write has its own time limit.
 //!
 //! The PDU bodies are decoded by dicom-ul's PDU codec (`dicom_ul::pdu::read_pdu`) on a buffer
-//! that holds exactly one PDU, so that codec never sees more than the cap.
+//! that holds exactly one PDU, so that codec never sees more than the cap; P-DATA-TF, the PDU
+//! that carries the data sets, is decoded here ([`decode_pdata`]) into reused buffers: each value
+//! is copied once, into a buffer that its consumer gives back ([`recycle`]) once it is written.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use dicom_ul::pdu::Pdu;
+use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// Bytes of a PDU header: type, reserved, 4-byte length.
@@ -92,7 +95,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PduStream<S> {
         let body = self
             .read_exact_timed(&mut buf[PDU_HEADER_BYTES..], false)
             .await;
-        let decoded = body.and_then(|()| decode(&buf, pdu_type));
+        let decoded = body.and_then(|()| match pdu_type {
+            pdu_type::P_DATA => decode_pdata(&buf[PDU_HEADER_BYTES..]),
+            _ => decode(&buf, pdu_type),
+        });
         self.buf = buf;
         decoded
     }
@@ -161,7 +167,78 @@ pub fn decode_checked(buf: &[u8], max_pdata: u32) -> Result<Pdu, PduError> {
     let Some(pdu) = buf.get(..PDU_HEADER_BYTES + length as usize) else {
         return Err(PduError::Closed);
     };
-    decode(pdu, pdu_type)
+    match pdu_type {
+        pdu_type::P_DATA => decode_pdata(&pdu[PDU_HEADER_BYTES..]),
+        _ => decode(pdu, pdu_type),
+    }
+}
+
+/// Buffers of P-DATA values given back by their consumers, reused for the next values.
+static FRAGMENT_BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// Buffers kept for reuse at most, each at most [`MAX_POOLED_BYTES`] large: what idles in the
+/// pool stays under 8 MiB.
+const POOLED_BUFFERS: usize = 32;
+const MAX_POOLED_BYTES: usize = 256 * 1024;
+
+/// A buffer holding a copy of `data`: a reused one when there is one.
+fn fragment_buffer(data: &[u8]) -> Vec<u8> {
+    let pooled = FRAGMENT_BUFFERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop();
+    let mut buffer = pooled.unwrap_or_default();
+    buffer.extend_from_slice(data);
+    buffer
+}
+
+/// Give back the buffer of a P-DATA value once its bytes are used, for a later value to reuse
+/// (no allocation, no fresh pages to fault in). Dropping it instead is always correct.
+pub fn recycle(mut buffer: Vec<u8>) {
+    if buffer.capacity() == 0 || buffer.capacity() > MAX_POOLED_BYTES {
+        return;
+    }
+    buffer.clear();
+    let mut free = FRAGMENT_BUFFERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if free.len() < POOLED_BUFFERS {
+        free.push(buffer);
+    }
+}
+
+/// Decode a P-DATA-TF body (PS3.8 9.3.5) into its presentation data values, each copied into a
+/// reused buffer ([`recycle`]); the same checks as dicom-ul's codec: every item has its 4-byte
+/// length, context ID and message control header, a length of at least 2, and its value whole.
+pub fn decode_pdata(mut body: &[u8]) -> Result<Pdu, PduError> {
+    let malformed = |message: &str| PduError::Malformed {
+        pdu_type: pdu_type::P_DATA,
+        message: message.to_string(),
+    };
+    let mut data = Vec::with_capacity(1);
+    while !body.is_empty() {
+        let Some((&[l0, l1, l2, l3, pc_id, header], rest)) = body.split_first_chunk::<6>() else {
+            return Err(malformed("invalid PDU field length"));
+        };
+        let length = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+        if length < 2 {
+            return Err(malformed("invalid presentation data value item length"));
+        }
+        let Some((value, rest)) = rest.split_at_checked(length - 2) else {
+            return Err(malformed("invalid PDU field length"));
+        };
+        data.push(PDataValue {
+            presentation_context_id: pc_id,
+            value_type: if header & 0x01 != 0 {
+                PDataValueType::Command
+            } else {
+                PDataValueType::Data
+            },
+            is_last: header & 0x02 != 0,
+            data: fragment_buffer(value),
+        });
+        body = rest;
+    }
+    Ok(Pdu::PData { data })
 }
 
 /// Decode one whole PDU (header included) with dicom-ul's codec.
@@ -179,6 +256,44 @@ pub fn decode(buf: &[u8], pdu_type: u8) -> Result<Pdu, PduError> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn pdata_decodes_as_dicom_ul_does_into_reused_buffers() {
+        let value = |pc: u8, header: u8, data: &[u8]| {
+            let mut v = ((data.len() + 2) as u32).to_be_bytes().to_vec();
+            v.extend_from_slice(&[pc, header]);
+            v.extend_from_slice(data);
+            v
+        };
+        let mut body = value(1, 0x03, b"command");
+        body.extend(value(3, 0x00, &[7u8; 1000]));
+        body.extend(value(3, 0x02, b""));
+        let mut pdu = vec![0x04, 0];
+        pdu.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        pdu.extend_from_slice(&body);
+        let ours = decode_checked(&pdu, 1 << 20).unwrap();
+        assert_eq!(ours, decode(&pdu, pdu_type::P_DATA).unwrap());
+        let Pdu::PData { data } = ours else {
+            panic!("not P-DATA")
+        };
+        let (ptr, capacity) = (data[1].data.as_ptr(), data[1].data.capacity());
+        data.into_iter().for_each(|v| recycle(v.data));
+        // a buffer given back is reused (the pool is shared by the tests: look for it in a few)
+        let again: Vec<Vec<u8>> = (0..POOLED_BUFFERS).map(|_| fragment_buffer(b"x")).collect();
+        assert!(
+            again
+                .iter()
+                .any(|b| b.as_ptr() == ptr && b.capacity() == capacity)
+        );
+        // the malformed ones are refused, as dicom-ul refuses them
+        for bad in [&body[..3], &body[..body.len() - 1], &[0, 0, 0, 1, 1, 0][..]] {
+            assert!(decode_pdata(bad).is_err(), "{bad:?}");
+            let mut pdu = vec![0x04, 0];
+            pdu.extend_from_slice(&(bad.len() as u32).to_be_bytes());
+            pdu.extend_from_slice(bad);
+            assert!(decode(&pdu, pdu_type::P_DATA).is_err(), "{bad:?}");
+        }
+    }
 
     #[tokio::test]
     async fn lengths_are_capped_by_type_before_reading_the_body() {

@@ -6,6 +6,16 @@
 //! fsynced), and only then is the transaction committed and Stored returned. Any failure before
 //! that is a refusal and leaves nothing half-done that matters.
 //!
+//! Group commit: the instances whose data sets are complete go to one committer task per
+//! [`Ingest`], which takes everything that is waiting as one batch (instances of
+//! every association, as many as arrived while the previous batch was being committed) and runs
+//! the same order once for all of them: the staged files fdatasynced (in parallel, while the rows
+//! are inserted in one transaction), the files published (renamed, each directory fsynced once),
+//! one COMMIT, and only then is each instance answered. A batch in which the server refuses a
+//! statement is retried one instance at a time, so that one bad row refuses only its own
+//! instance; a database that cannot be reached, or a failed publish or COMMIT, refuses the whole
+//! batch. Nothing is answered Stored before the batch is durable and committed.
+//!
 //! Events logged here name the instance only on the one "stored" line: the receiving protocol
 //! opens a span per instance (the SCP's `c_store`, with its SOP Instance UID), which every event
 //! inside carries.
@@ -14,10 +24,11 @@ pub mod budget;
 pub mod diskspace;
 pub mod spool;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use sqlx::PgPool;
@@ -171,6 +182,8 @@ pub struct Ingest {
     auditor: Option<Auditor>,
     /// Security alerts recorded per minute at most (a flood of refused connections).
     alerts: Arc<RateLimit>,
+    /// The queue of the group committer, started with the first instance to commit.
+    committer: Arc<OnceLock<tokio::sync::mpsc::Sender<Pending>>>,
 }
 
 /// Security alerts for refused peers recorded per minute at most; the rest are counted in the
@@ -207,6 +220,7 @@ impl Ingest {
                 ALERTS_PER_MINUTE,
                 std::time::Duration::from_secs(60),
             )),
+            committer: Arc::default(),
         }
     }
 
@@ -229,28 +243,59 @@ impl Ingest {
     }
 
     /// Store a received data set in the order the module documents: wait for it to be staged,
-    /// check its header ([`Self::prepare`]), then record it and publish its file in one
-    /// transaction ([`Self::commit`]); count, log and answer how it ended.
+    /// check its header ([`Self::prepare`]), then have the group committer record it and publish
+    /// its file ([`Committer`]); count, log and answer how it ended.
     async fn store_request(&self, req: Received, sink: IngestSink) -> Outcome {
         let started = Instant::now();
         let prepared = match self.prepare(&req, sink).await {
             Ok(p) => p,
             Err(refused) => return refused,
         };
-        let key = prepared.key.as_str().to_string();
-        let arrival = Arrival {
-            transfer_syntax_uid: &req.transfer_syntax,
-            calling_ae_title: &req.calling_ae_title,
-            called_ae_title: &req.called_ae_title,
+        let arrival = OwnedArrival {
+            transfer_syntax_uid: req.transfer_syntax.clone(),
+            calling_ae_title: req.calling_ae_title.clone(),
+            called_ae_title: req.called_ae_title.clone(),
             peer_address: req.peer.to_string(),
-            spool_key: &key,
+            spool_key: prepared.key.as_str().to_string(),
             size_bytes: prepared.staged.size as i64,
         };
         let size = prepared.staged.size;
-        match self.commit(prepared, &arrival).await {
-            Ok(recorded) => self.stored(recorded, &req.sop_instance_uid, &arrival, size, started),
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            prepared,
+            arrival,
+            reply,
+        };
+        let committed = match self.committer().send(pending).await {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err(CommitError::Spool("committer stopped".into()))),
+            Err(tokio::sync::mpsc::error::SendError(pending)) => {
+                let spool = self.spool.clone();
+                let staged = pending.prepared.staged;
+                let _ = tokio::task::spawn_blocking(move || spool.discard(staged)).await;
+                Err(CommitError::Spool("committer stopped".into()))
+            }
+        };
+        match committed {
+            Ok((recorded, arrival)) => {
+                self.stored(recorded, &req.sop_instance_uid, &arrival, size, started)
+            }
             Err(e) => self.not_committed(e),
         }
+    }
+
+    /// The queue of the group committer, which is started on first use.
+    fn committer(&self) -> &tokio::sync::mpsc::Sender<Pending> {
+        self.committer.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(COMMIT_QUEUE);
+            let committer = Committer {
+                pool: self.pool.clone(),
+                spool: self.spool.clone(),
+            };
+            tokio::spawn(committer.run(rx));
+            tx
+        })
     }
 
     /// Wait for the data set to be staged, then check its header against what the sender said;
@@ -282,7 +327,7 @@ impl Ingest {
         &self,
         recorded: Recorded,
         sop_instance: &str,
-        arrival: &Arrival<'_>,
+        arrival: &OwnedArrival,
         size: u64,
         started: Instant,
     ) -> Outcome {
@@ -330,71 +375,6 @@ impl Ingest {
         }
     }
 
-    /// Record the instance and publish its file in one transaction; the transaction commits only
-    /// once the file is durable under its key. A duplicate's staged copy is discarded.
-    async fn commit(
-        &self,
-        prepared: Prepared,
-        arrival: &Arrival<'_>,
-    ) -> Result<Recorded, CommitError> {
-        let Prepared {
-            header,
-            key,
-            staged,
-        } = prepared;
-        let mut tx = match self.pool.begin().await {
-            Ok(tx) => tx,
-            Err(e) => {
-                self.discard(staged).await;
-                return Err(CommitError::Database(e));
-            }
-        };
-        let mut recorded = match instances::record(&mut tx, &header, arrival).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.discard(staged).await;
-                return Err(CommitError::Database(e));
-            }
-        };
-        if recorded == Recorded::Duplicate && !self.kept(&key).await {
-            // retention removed the first copy (or a crash cut its removal short): what is
-            // acknowledged now must be stored, and is analysed again
-            if let Err(e) = instances::restore(&mut tx, &header, arrival).await {
-                self.discard(staged).await;
-                return Err(CommitError::Database(e));
-            }
-            recorded = Recorded::Restored;
-        }
-        let spool = self.spool.clone();
-        let published = tokio::task::spawn_blocking(move || match recorded {
-            Recorded::New | Recorded::Restored => {
-                spool.publish(staged, &key).map_err(|e| e.to_string())
-            }
-            Recorded::Duplicate => {
-                spool.discard(staged);
-                Ok(())
-            }
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
-        if let Err(e) = published {
-            // the transaction rolls back on drop: no row without its file
-            return Err(CommitError::Spool(e));
-        }
-        tx.commit().await.map_err(CommitError::Database)?;
-        Ok(recorded)
-    }
-
-    /// Whether the spool still holds the published object under `key`.
-    async fn kept(&self, key: &SpoolKey) -> bool {
-        let spool = self.spool.clone();
-        let key = key.clone();
-        tokio::task::spawn_blocking(move || spool.exists(&key))
-            .await
-            .unwrap_or(true)
-    }
-
     /// The answer to a data set that could not be prepared, counted and logged.
     fn refused(&self, e: PrepareError) -> Outcome {
         match e {
@@ -437,16 +417,328 @@ impl Ingest {
             }
         }
     }
+}
+
+/// Why an instance was not committed (the error's text, logged by the instance's own task).
+enum CommitError {
+    Database(String),
+    Spool(String),
+}
+
+/// Instances waiting for the group committer at most; more wait to be queued.
+const COMMIT_QUEUE: usize = 256;
+
+/// Instances committed in one batch at most.
+const MAX_BATCH: usize = 64;
+
+/// [`Arrival`] with its values owned, to travel to the committer and back.
+#[derive(Debug, Clone)]
+struct OwnedArrival {
+    transfer_syntax_uid: String,
+    calling_ae_title: String,
+    called_ae_title: String,
+    peer_address: String,
+    spool_key: String,
+    size_bytes: i64,
+}
+
+impl OwnedArrival {
+    fn as_arrival(&self) -> Arrival<'_> {
+        Arrival {
+            transfer_syntax_uid: &self.transfer_syntax_uid,
+            calling_ae_title: &self.calling_ae_title,
+            called_ae_title: &self.called_ae_title,
+            peer_address: self.peer_address.clone(),
+            spool_key: &self.spool_key,
+            size_bytes: self.size_bytes,
+        }
+    }
+}
+
+/// How an instance's commit ended, with its arrival handed back for the answer's log line.
+type Committed = Result<(Recorded, OwnedArrival), CommitError>;
+
+/// A checked, staged instance waiting for the group committer, and where its answer goes.
+struct Pending {
+    prepared: Prepared,
+    arrival: OwnedArrival,
+    reply: tokio::sync::oneshot::Sender<Committed>,
+}
+
+/// An instance of a batch being committed, its staged file apart (being synced meanwhile).
+struct Entry {
+    header: InstanceHeader,
+    key: SpoolKey,
+    arrival: OwnedArrival,
+    reply: tokio::sync::oneshot::Sender<Committed>,
+}
+
+impl Entry {
+    /// Answer the instance: how its commit ended.
+    fn answer(self, committed: Result<Recorded, CommitError>) {
+        let _ = self.reply.send(committed.map(|r| (r, self.arrival)));
+    }
+}
+
+/// The group committer: one task per [`Ingest`] that commits whatever is waiting as one batch,
+/// in the order the module documents, and answers each instance only once its batch is durable
+/// and committed.
+struct Committer {
+    pool: PgPool,
+    spool: Arc<dyn Storage>,
+}
+
+impl Committer {
+    /// Take every instance that is waiting (as many as queued up while the previous batch was
+    /// committed, no waiting for more) and commit them together, until every [`Ingest`] is gone.
+    async fn run(self, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            self.commit_batch(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// Commit a batch: fdatasync the staged files (in parallel) while the rows go into one
+    /// transaction, publish the files, COMMIT, answer. A staged file that cannot be synced is
+    /// refused; when the database refuses the batch, each instance is committed alone.
+    async fn commit_batch(&self, batch: Vec<Pending>) {
+        tracing::debug!(instances = batch.len(), "group commit");
+        let (entries, staged): (Vec<Entry>, Vec<Staged>) = batch
+            .into_iter()
+            .map(|p| {
+                let Prepared {
+                    header,
+                    key,
+                    staged,
+                } = p.prepared;
+                let entry = Entry {
+                    header,
+                    key,
+                    arrival: p.arrival,
+                    reply: p.reply,
+                };
+                (entry, staged)
+            })
+            .unzip();
+        let (synced, recorded) = tokio::join!(self.sync_all(staged), self.record_all(&entries));
+        let mut ready = Vec::with_capacity(entries.len());
+        for (entry, sync) in entries.into_iter().zip(synced) {
+            match sync {
+                Ok(staged) => ready.push((entry, staged)),
+                Err(e) => entry.answer(Err(CommitError::Spool(e))),
+            }
+        }
+        match recorded {
+            Ok((tx, recorded)) if recorded.len() == ready.len() => {
+                self.publish_and_commit(tx, ready, recorded).await;
+            }
+            // a file failed to sync: its row is in the transaction, which is dropped (rolled
+            // back); the others are committed alone
+            Ok(_) => self.commit_each(ready).await,
+            // the server refused a statement (a row it will not take, a deadlock with another
+            // receiver): the culprit is refused alone, the others are stored
+            Err(e @ sqlx::Error::Database(_)) if ready.len() > 1 => {
+                tracing::warn!(error = %e, instances = ready.len(),
+                    "group commit refused by the database: committing one at a time");
+                self.commit_each(ready).await;
+            }
+            // the database cannot be reached: every instance is refused
+            Err(e) => {
+                let error = e.to_string();
+                let (entries, staged): (Vec<Entry>, Vec<Staged>) = ready.into_iter().unzip();
+                let spool = self.spool.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    staged.into_iter().for_each(|s| spool.discard(s));
+                })
+                .await;
+                for entry in entries {
+                    entry.answer(Err(CommitError::Database(error.clone())));
+                }
+            }
+        }
+    }
+
+    /// Fdatasync every staged file of the batch, each in a blocking task of its own so that the
+    /// file system can flush them together; each comes back synced, or is discarded with the
+    /// error.
+    async fn sync_all(&self, staged: Vec<Staged>) -> Vec<Result<Staged, String>> {
+        let tasks: Vec<_> = staged
+            .into_iter()
+            .map(|mut staged| {
+                let spool = self.spool.clone();
+                tokio::task::spawn_blocking(move || match staged.sync() {
+                    Ok(()) => Ok(staged),
+                    Err(e) => {
+                        spool.discard(staged);
+                        Err(e.to_string())
+                    }
+                })
+            })
+            .collect();
+        let mut synced = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            synced.push(task.await.map_err(|e| e.to_string()).and_then(|r| r));
+        }
+        synced
+    }
+
+    /// Insert every instance's rows in one transaction, in the order of the batch: a duplicate
+    /// of an instance earlier in the same batch is a duplicate (its first copy is being
+    /// published); one of an instance whose file retention removed is restored, as
+    /// [`Self::commit`] does for one instance.
+    async fn record_all(
+        &self,
+        batch: &[Entry],
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, Vec<Recorded>), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut recorded = Vec::with_capacity(batch.len());
+        let mut published: HashSet<&str> = HashSet::new();
+        for entry in batch {
+            let arrival = entry.arrival.as_arrival();
+            let mut r = instances::record(&mut tx, &entry.header, &arrival).await?;
+            if r == Recorded::Duplicate
+                && !published.contains(entry.key.as_str())
+                && !self.kept(&entry.key).await
+            {
+                instances::restore(&mut tx, &entry.header, &arrival).await?;
+                r = Recorded::Restored;
+            }
+            if r != Recorded::Duplicate {
+                published.insert(entry.key.as_str());
+            }
+            recorded.push(r);
+        }
+        Ok((tx, recorded))
+    }
+
+    /// Publish the batch's new and restored files (discarding the duplicates' copies), then
+    /// COMMIT, then answer every instance; a failure of either refuses the whole batch.
+    async fn publish_and_commit(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        batch: Vec<(Entry, Staged)>,
+        recorded: Vec<Recorded>,
+    ) {
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut objects = Vec::with_capacity(batch.len());
+        let mut copies = Vec::new();
+        for ((entry, staged), r) in batch.into_iter().zip(recorded) {
+            match r {
+                Recorded::New | Recorded::Restored => objects.push((staged, entry.key.clone())),
+                Recorded::Duplicate => copies.push(staged),
+            }
+            entries.push((entry, r));
+        }
+        let spool = self.spool.clone();
+        let published = tokio::task::spawn_blocking(move || {
+            copies.into_iter().for_each(|staged| spool.discard(staged));
+            spool.publish_all(objects).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let committed = match published {
+            // the transaction rolls back on drop: no row without its file
+            Err(e) => Err(CommitError::Spool(e)),
+            Ok(()) => tx
+                .commit()
+                .await
+                .map_err(|e| CommitError::Database(e.to_string())),
+        };
+        for (entry, r) in entries {
+            let answer = match &committed {
+                Ok(()) => Ok(r),
+                Err(CommitError::Spool(e)) => Err(CommitError::Spool(e.clone())),
+                Err(CommitError::Database(e)) => Err(CommitError::Database(e.clone())),
+            };
+            entry.answer(answer);
+        }
+    }
+
+    /// Commit each instance of a batch alone, one after the other.
+    async fn commit_each(&self, batch: Vec<(Entry, Staged)>) {
+        for (entry, staged) in batch {
+            let prepared = Prepared {
+                header: entry.header.clone(),
+                key: entry.key.clone(),
+                staged,
+            };
+            let committed = self.commit(prepared, &entry.arrival.as_arrival()).await;
+            entry.answer(committed);
+        }
+    }
+
+    /// Record the instance and publish its file in one transaction; the transaction commits only
+    /// once the file is durable under its key. A duplicate's staged copy is discarded.
+    async fn commit(
+        &self,
+        prepared: Prepared,
+        arrival: &Arrival<'_>,
+    ) -> Result<Recorded, CommitError> {
+        let Prepared {
+            header,
+            key,
+            staged,
+        } = prepared;
+        let mut tx = match self.pool.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                self.discard(staged).await;
+                return Err(CommitError::Database(e.to_string()));
+            }
+        };
+        let mut recorded = match instances::record(&mut tx, &header, arrival).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.discard(staged).await;
+                return Err(CommitError::Database(e.to_string()));
+            }
+        };
+        if recorded == Recorded::Duplicate && !self.kept(&key).await {
+            // retention removed the first copy (or a crash cut its removal short): what is
+            // acknowledged now must be stored, and is analysed again
+            if let Err(e) = instances::restore(&mut tx, &header, arrival).await {
+                self.discard(staged).await;
+                return Err(CommitError::Database(e.to_string()));
+            }
+            recorded = Recorded::Restored;
+        }
+        let spool = self.spool.clone();
+        let published = tokio::task::spawn_blocking(move || match recorded {
+            Recorded::New | Recorded::Restored => {
+                spool.publish(staged, &key).map_err(|e| e.to_string())
+            }
+            Recorded::Duplicate => {
+                spool.discard(staged);
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        if let Err(e) = published {
+            // the transaction rolls back on drop: no row without its file
+            return Err(CommitError::Spool(e));
+        }
+        tx.commit()
+            .await
+            .map_err(|e| CommitError::Database(e.to_string()))?;
+        Ok(recorded)
+    }
+
+    /// Whether the spool still holds the published object under `key`.
+    async fn kept(&self, key: &SpoolKey) -> bool {
+        let spool = self.spool.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || spool.exists(&key))
+            .await
+            .unwrap_or(true)
+    }
 
     async fn discard(&self, staged: Staged) {
         let spool = self.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.discard(staged)).await;
     }
-}
-
-enum CommitError {
-    Database(sqlx::Error),
-    Spool(String),
 }
 
 /// Check a received data set's header (the elements before Pixel Data, already walked by the
@@ -514,7 +806,7 @@ pub struct IngestSink {
 }
 
 impl IngestSink {
-    /// Close the data set and wait for it to be staged durably.
+    /// Close the data set and wait for it to be staged (written; the committer syncs it).
     async fn finish(self) -> Result<Streamed, PrepareError> {
         self.meta.map_err(PrepareError::Header)?;
         if let Some(tx) = self.tx {
@@ -540,7 +832,7 @@ impl DataSink for IngestSink {
 }
 
 /// The staging task: write the preamble and meta, then walk and write every fragment, then
-/// fsync. A data set the walk refuses is not written further; its fragments are still taken (and
+/// close the file, its tail already on its way to the disk (the group committer fdatasyncs it). A data set the walk refuses is not written further; its fragments are still taken (and
 /// their memory given back) until the end, and the partial file is removed.
 fn stage_stream(
     spool: &dyn Storage,
@@ -579,6 +871,8 @@ fn stage_stream(
         {
             failed = Some(spool_error(e));
         }
+        // the fragment's buffer goes back to the receive side for a later fragment
+        crate::dicom::pdu::recycle(bytes);
         if failed.is_some() {
             // the writer removes the partial file
             writer = None;
@@ -595,7 +889,7 @@ fn stage_stream(
     let Some(w) = writer else {
         return Err(PrepareError::Spool("no staged file".into()));
     };
-    let staged = w.finish().map_err(spool_error)?;
+    let staged = w.close().map_err(spool_error)?;
     Ok(Streamed {
         staged,
         header: summary.header.unwrap_or_default(),

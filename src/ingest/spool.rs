@@ -81,11 +81,30 @@ impl SpoolKey {
     }
 }
 
-/// An object written durably under a temporary name, not yet visible under its key.
+/// An object written under a temporary name, not yet visible under its key: durable once
+/// [`Staged::sync`] returned (or when it came from [`Storage::stage`] or
+/// [`StageWriter::finish`]); [`Storage::publish`] syncs it first if it was not.
 #[derive(Debug)]
 pub struct Staged {
     path: PathBuf,
     pub size: u64,
+    /// The open file, while its data may not be on stable storage yet.
+    unsynced: Option<File>,
+}
+
+impl Staged {
+    /// Flush the object's data (and the metadata needed to read it back) to stable storage:
+    /// `fdatasync`. Blocking. On failure the object stays unsynced and must be discarded.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if let Some(file) = &self.unsynced {
+            file.sync_data().map_err(|source| SpoolError::Sync {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        self.unsynced = None;
+        Ok(())
+    }
 }
 
 /// An object being written under a temporary name, piece by piece, while it is received.
@@ -95,6 +114,12 @@ pub trait StageWriter: Send {
     fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError>;
     /// Make what was written durable; the object is then staged.
     fn finish(self: Box<Self>) -> Result<Staged, SpoolError>;
+    /// Close the object without waiting for the disk: it is staged, durable once
+    /// [`Staged::sync`] returns (which a caller may run beside other work, or for several objects
+    /// at once). The default waits, as [`StageWriter::finish`].
+    fn close(self: Box<Self>) -> Result<Staged, SpoolError> {
+        self.finish()
+    }
 }
 
 /// The storage interface of the spool.
@@ -105,6 +130,20 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn stage_writer(&self) -> Result<Box<dyn StageWriter>, SpoolError>;
     /// Make a staged object durable and visible under `key`, replacing what was there.
     fn publish(&self, staged: Staged, key: &SpoolKey) -> Result<(), SpoolError>;
+    /// Publish several staged objects, as [`Storage::publish`] does each, sharing what can be
+    /// shared (a directory synced once for all the objects renamed into it). All are durable
+    /// under their keys when it returns `Ok`; on an error any of them may or may not be, and
+    /// those not yet published are discarded.
+    fn publish_all(&self, objects: Vec<(Staged, SpoolKey)>) -> Result<(), SpoolError> {
+        let mut objects = objects.into_iter();
+        while let Some((staged, key)) = objects.next() {
+            if let Err(e) = self.publish(staged, &key) {
+                objects.for_each(|(staged, _)| self.discard(staged));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
     /// Drop a staged object that will not be published.
     fn discard(&self, staged: Staged);
     /// Read a published object.
@@ -188,6 +227,61 @@ impl LocalSpool {
 
     fn path_of(&self, key: &SpoolKey) -> PathBuf {
         self.objects.join(key.as_str())
+    }
+
+    /// Rename a (synced) staged object to its key, its study directory made durable first;
+    /// returns that directory, which the caller syncs. A failed rename discards the object.
+    fn rename_into_place(&self, staged: Staged, key: &SpoolKey) -> Result<PathBuf, SpoolError> {
+        let target = self.path_of(key);
+        let Some(parent) = target.parent().map(Path::to_path_buf) else {
+            self.discard(staged);
+            return Err(SpoolError::InvalidKey(key.as_str().to_string()));
+        };
+        if let Err(e) = self.ensure_study_dir(&parent) {
+            self.discard(staged);
+            return Err(e);
+        }
+        if let Err(source) = fs::rename(&staged.path, &target) {
+            let from = staged.path.clone();
+            self.discard(staged);
+            return Err(SpoolError::Publish {
+                from,
+                to: target,
+                source,
+            });
+        }
+        Ok(parent)
+    }
+
+    /// Create a study directory if needed and make its entry durable, once per directory.
+    fn ensure_study_dir(&self, parent: &Path) -> Result<(), SpoolError> {
+        let known = self
+            .durable_dirs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(parent);
+        if known {
+            return Ok(());
+        }
+        if !parent.is_dir() {
+            fs::create_dir_all(parent).map_err(|source| SpoolError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        // The study directory's entry must be durable before a file in it is acknowledged,
+        // also when another store (or receiver) created it a moment ago and has not synced
+        // it yet: sync the parent ourselves, once per study directory.
+        sync_dir(&self.objects)?;
+        let mut known = self
+            .durable_dirs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if known.len() > 100_000 {
+            known.clear();
+        }
+        known.insert(parent.to_path_buf());
+        Ok(())
     }
 }
 
@@ -324,23 +418,28 @@ impl StageWriter for LocalStageWriter {
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>) -> Result<Staged, SpoolError> {
+    fn finish(self: Box<Self>) -> Result<Staged, SpoolError> {
+        let mut staged = self.close()?;
+        if let Err(e) = staged.sync() {
+            let _ = fs::remove_file(&staged.path);
+            return Err(e);
+        }
+        Ok(staged)
+    }
+
+    fn close(mut self: Box<Self>) -> Result<Staged, SpoolError> {
         let Some(file) = self.file.take() else {
             return Err(SpoolError::Write {
                 path: self.path.clone(),
                 source: io::Error::other("writer already finished"),
             });
         };
-        if let Err(source) = file.sync_all() {
-            let _ = fs::remove_file(&self.path);
-            return Err(SpoolError::Sync {
-                path: self.path.clone(),
-                source,
-            });
-        }
+        // the tail goes to the disk now, while the caller does other work before the sync
+        start_write_back(&file, self.flushed, self.size - self.flushed);
         Ok(Staged {
             path: std::mem::take(&mut self.path),
             size: self.size,
+            unsynced: Some(file),
         })
     }
 }
@@ -408,7 +507,11 @@ impl Storage for LocalSpool {
             Ok(size)
         };
         match write() {
-            Ok(size) => Ok(Staged { path, size }),
+            Ok(size) => Ok(Staged {
+                path,
+                size,
+                unsynced: None,
+            }),
             Err(source) => {
                 let _ = fs::remove_file(&path);
                 Err(SpoolError::Write { path, source })
@@ -416,42 +519,38 @@ impl Storage for LocalSpool {
         }
     }
 
-    fn publish(&self, staged: Staged, key: &SpoolKey) -> Result<(), SpoolError> {
-        let target = self.path_of(key);
-        let Some(parent) = target.parent() else {
-            return Err(SpoolError::InvalidKey(key.as_str().to_string()));
-        };
-        let known = self
-            .durable_dirs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(parent);
-        if !known {
-            if !parent.is_dir() {
-                fs::create_dir_all(parent).map_err(|source| SpoolError::CreateDir {
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
-            }
-            // The study directory's entry must be durable before a file in it is acknowledged,
-            // also when another store (or receiver) created it a moment ago and has not synced
-            // it yet: sync the parent ourselves, once per study directory.
-            sync_dir(&self.objects)?;
-            let mut known = self
-                .durable_dirs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if known.len() > 100_000 {
-                known.clear();
-            }
-            known.insert(parent.to_path_buf());
+    fn publish(&self, mut staged: Staged, key: &SpoolKey) -> Result<(), SpoolError> {
+        if let Err(e) = staged.sync() {
+            self.discard(staged);
+            return Err(e);
         }
-        fs::rename(&staged.path, &target).map_err(|source| SpoolError::Publish {
-            from: staged.path.clone(),
-            to: target.clone(),
-            source,
-        })?;
-        sync_dir(parent)
+        let parent = self.rename_into_place(staged, key)?;
+        sync_dir(&parent)
+    }
+
+    fn publish_all(&self, objects: Vec<(Staged, SpoolKey)>) -> Result<(), SpoolError> {
+        // every object renamed first, then each directory synced once: one journal commit
+        // covers the renames of the whole batch
+        let mut parents: Vec<PathBuf> = Vec::new();
+        let mut objects = objects.into_iter();
+        while let Some((mut staged, key)) = objects.next() {
+            let renamed = match staged.sync() {
+                Ok(()) => self.rename_into_place(staged, &key),
+                Err(e) => {
+                    self.discard(staged);
+                    Err(e)
+                }
+            };
+            match renamed {
+                Ok(parent) if !parents.contains(&parent) => parents.push(parent),
+                Ok(_) => {}
+                Err(e) => {
+                    objects.for_each(|(staged, _)| self.discard(staged));
+                    return Err(e);
+                }
+            }
+        }
+        parents.iter().try_for_each(|p| sync_dir(p))
     }
 
     fn discard(&self, staged: Staged) {
