@@ -21,7 +21,7 @@
 # sizes to var/bench/year-sizes.md. Goals (issue 12): no hot path above 1.2x its empty figure,
 # /metrics under 100 ms, admin queries under 200 ms.
 # Environment: BENCH_YEAR_INSTANCES (1000000), BENCH_YEAR_STORES (100), BENCH_YEAR_HTTP (200),
-# BENCH_YEAR_SQL (200 executions of each statement), BENCH_YEAR_KEEP=1 keeps both databases,
+# BENCH_YEAR_SQL (200 executions of each statement, 20 of the retention queries), BENCH_YEAR_KEEP=1 keeps both databases,
 # DATABASE_URL (default: the cluster of scripts/pg.sh), CXR_WORKER_BIN (default
 # target/release/cxr-worker, built first), SKIP_BUILD=1.
 set -euo pipefail
@@ -174,11 +174,13 @@ cli_times() {
   done
 }
 
-# sql_times DB MEASURE FILE: SQL_N executions of a pgbench script (prepared, one client)
+# sql_times DB MEASURE FILE: SQL_N executions of a pgbench script (prepared, one client); a
+# tenth as many (at least 10) of the retention queries, which run once per pass, not per poll
 sql_times() {
-  local d=$1 m=$2 f=$3 log=$RUN/$1/pgbench
+  local d=$1 m=$2 f=$3 log=$RUN/$1/pgbench n=$SQL_N
+  [[ $f == *retention* ]] && n=$(( SQL_N / 10 > 10 ? SQL_N / 10 : 10 ))
   rm -f "$log".*
-  pgbench -n -M prepared -c 1 -t "$SQL_N" -f "$f" -l --log-prefix="$log" "${URL[$d]}" \
+  pgbench -n -M prepared -c 1 -t "$n" -f "$f" -l --log-prefix="$log" "${URL[$d]}" \
     > "$RUN/$d/pgbench-$(basename "$f").out" 2>&1 \
     || { echo "pgbench $f failed: $(tail -3 "$RUN/$d/pgbench-$(basename "$f").out")" >&2; return 1; }
   awk -v d="$d" -v m="$m" '{ printf "%s\t%s\t%.3f\n", d, m, $3 / 1000 }' "$log".* >> "$SAMPLES"

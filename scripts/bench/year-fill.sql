@@ -63,7 +63,8 @@ SELECT s, s_count, n,
        CASE WHEN s > s_count - 40 AND s <= s_count - 20 THEN 'queued'
             WHEN s % 1000 = 13 THEN 'failed'
             ELSE 'sent' END AS outbox,
-       s % 100 = 42 AND s <= s_count - 40 AS reprocessed
+       -- reprocessed two days after arrival: only studies older than that
+       s % 100 = 42 AND (s_count - s) * 365.0 / s_count > 3 AS reprocessed
 FROM p, generate_series(1, p.s_count) s;
 -- the newest studies arrived minutes ago: keep them newest whatever the scale
 UPDATE st SET at = now() - make_interval(secs => (s_count - s) * 60 + 30) WHERE s > s_count - 40;

@@ -21,7 +21,8 @@ def goal_of(measure):
         return "p50 < 200 ms", lambda e50, e95, f50, f95: f50 < 200
     if measure.startswith("retention"):
         return "(measured)", lambda *_: None
-    return "≤ 1.2× empty", lambda e50, e95, f50, f95: f50 <= 1.2 * e50 and f95 <= 1.2 * e95
+    # a hot path: its median and its 95th percentile each within 1.2x of the empty database's
+    return "≤ 1.2× empty", lambda e50, e95, f50, f95: (f50 <= 1.2 * e50, f95 <= 1.2 * e95)
 
 
 def main():
@@ -43,7 +44,13 @@ def main():
         e50, e95, f50, f95 = pct(e, 0.5), pct(e, 0.95), pct(f, 0.5), pct(f, 0.95)
         goal, check = goal_of(m)
         ok = check(e50, e95, f50, f95)
-        met = "—" if ok is None else ("yes" if ok else "**no**")
+        if ok is None:
+            met = "—"
+        elif isinstance(ok, tuple):
+            met = {(True, True): "yes", (True, False): "p50 yes, **p95 no**",
+                   (False, True): "**p50 no**, p95 yes", (False, False): "**no**"}[ok]
+        else:
+            met = "yes" if ok else "**no**"
         r50 = f50 / e50 if e50 else float("inf")
         r95 = f95 / e95 if e95 else float("inf")
         lines.append(
