@@ -8,6 +8,7 @@ JOIN LATERAL (SELECT r.sr_sop_instance_uid, r.created_at FROM reports r
               WHERE r.study_instance_uid = i.study_instance_uid
               ORDER BY r.id DESC LIMIT 1) r ON true
 WHERE i.purged_at IS NULL
+  AND i.received_at <= now() - make_interval(secs => :keep)
   AND i.state IN ('analysed', 'skipped')
   AND i.state_changed_at <= r.created_at
   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_instance_uid = i.study_instance_uid

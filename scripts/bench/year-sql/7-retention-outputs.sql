@@ -5,6 +5,7 @@ BEGIN;
 SELECT io.sop_instance_uid, io.archive_path
 FROM image_outputs io
 WHERE io.purged_at IS NULL
+  AND io.created_at <= now() - make_interval(secs => :keep)
   AND EXISTS (SELECT 1 FROM outbox o WHERE o.sop_instance_uid = io.sop_instance_uid)
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sop_instance_uid = io.sop_instance_uid
                   AND o.state <> 'sent')
