@@ -2,7 +2,8 @@
 -- migrated database, `-v instances=N` (1,000,000 by default in the script). PostgreSQL's own
 -- bulk tools only: INSERT ... SELECT over generate_series, with the foreign keys and the plain
 -- indexes dropped during the load and put back (the same definitions, the same names) after it,
--- as a restore does. Deterministic (setseed), so two runs fill the same rows.
+-- as a restore does, and the counter triggers off (the counters computed once at the end).
+-- Deterministic (setseed), so two runs fill the same rows.
 --
 -- Shape (S = 0.3 N studies, 3-4 instances each, one series; study s is (S - s)/S of a year old,
 -- the newest last; six calling AEs; study dates = arrival dates):
@@ -22,7 +23,7 @@
 \set ON_ERROR_STOP on
 \timing off
 SET client_min_messages = warning;
-SELECT setseed(0.42);
+SELECT setseed(0.42) \g /dev/null
 SET maintenance_work_mem = '256MB';
 SET synchronous_commit = off;
 
@@ -35,9 +36,19 @@ SELECT indexrelid::regclass::text AS name, pg_get_indexdef(indexrelid) AS def
 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
 WHERE c.relnamespace = 'public'::regnamespace
   AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid);
+-- the triggers that keep counters (migration 0009, when the binary has it) are off too: the
+-- counters are computed once at the end, as that migration does, and left folded, as the
+-- daemon keeps them
+CREATE TEMP TABLE saved_trg AS
+SELECT DISTINCT tgrelid::regclass::text AS tbl FROM pg_trigger
+WHERE NOT tgisinternal AND tgrelid IN (SELECT oid FROM pg_class
+                                       WHERE relnamespace = 'public'::regnamespace);
 DO $$
 DECLARE r record;
 BEGIN
+    FOR r IN SELECT * FROM saved_trg LOOP
+        EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', r.tbl);
+    END LOOP;
     FOR r IN SELECT * FROM saved_fk LOOP
         EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.tbl, r.conname);
     END LOOP;
@@ -253,4 +264,25 @@ BEGIN
     FOR r IN SELECT * FROM saved_fk LOOP
         EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', r.tbl, r.conname, r.def);
     END LOOP;
+    FOR r IN SELECT * FROM saved_trg LOOP
+        EXECUTE format('ALTER TABLE %s ENABLE TRIGGER USER', r.tbl);
+    END LOOP;
+    IF to_regclass('tallies') IS NOT NULL THEN
+        DELETE FROM tallies;
+        INSERT INTO tallies (counter, state, n)
+        SELECT 'jobs', state, count(*) FROM jobs GROUP BY state;
+        INSERT INTO tallies (counter, state, destination, n)
+        SELECT 'outbox', state, destination_name, count(*) FROM outbox
+        GROUP BY state, destination_name;
+        INSERT INTO tallies (counter, n, bytes)
+        SELECT 'spool', count(*), COALESCE(sum(size_bytes), 0) FROM instances
+        WHERE purged_at IS NULL;
+    END IF;
+    IF to_regclass('studies_unreported') IS NOT NULL THEN
+        DELETE FROM studies_unreported;
+        INSERT INTO studies_unreported
+        SELECT study_instance_uid FROM studies s
+        WHERE NOT EXISTS (SELECT 1 FROM reports rp
+                          WHERE rp.study_instance_uid = s.study_instance_uid);
+    END IF;
 END $$;
