@@ -93,12 +93,12 @@ fi
 mapfile -t FILES < <(printf '%s\n' "$DX"/*.dcm | sort)
 
 # --- the daemon ----------------------------------------------------------------------------------
-# start_daemon DB: serve with one worker (tiny models: this measures the database, not inference;
+# start_daemon DB [LOG]: serve with one worker (tiny models: this measures the database, not inference;
 # a quiet period of a day, so what is stored here is never scheduled), HTTP on, a destination
 # PACS at a closed port (the sender polls the outbox; no row of the fill is due), no retention
 # (its queries are measured with pgbench below). Sets LIVE_PID, DICOM_PORT and HTTP_PORT.
 start_daemon() {
-  local d=$1 dir=$RUN/$1
+  local d=$1 dir=$RUN/$1 log=$RUN/$1/${2:-log}.json
   mkdir -p "$dir"
   HTTP_PORT=$(free_port)
   cat > "$dir/cxr-worker.toml" <<TOML
@@ -132,16 +132,16 @@ ae_title = "PACS"
 host = "127.0.0.1"
 port = 9
 TOML
-  "$BIN" serve --config "$dir/cxr-worker.toml" > /dev/null 2>> "$dir/log.json" &
+  "$BIN" serve --config "$dir/cxr-worker.toml" > /dev/null 2> "$log" &
   LIVE_PID=$!
   DICOM_PORT=""
   for _ in $(seq 600); do
-    DICOM_PORT=$(grep -F '"listening"' "$dir/log.json" 2>/dev/null | tail -1 \
+    DICOM_PORT=$(grep -F '"listening"' "$log" 2>/dev/null | tail -1 \
       | grep -Eo '"addr":"[^"]*"' | grep -Eo '[0-9]+"$' | tr -d '"' || true)
     [[ -n $DICOM_PORT ]] && curl -fs -o /dev/null "http://127.0.0.1:$HTTP_PORT/healthz" && return 0
     sleep 0.1
   done
-  echo "cxr-worker did not start: $(tail -5 "$dir/log.json")" >&2
+  echo "cxr-worker did not start: $(tail -5 "$log")" >&2
   return 1
 }
 stop_daemon() {
@@ -245,7 +245,7 @@ start_daemon empty
 measure empty
 
 # the full database: migrated by the daemon, then filled, then measured
-start_daemon full
+start_daemon full migrate
 stop_daemon
 echo "== full: filling a year ($INSTANCES instances)" >&2
 f0=$(date +%s)

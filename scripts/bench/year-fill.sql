@@ -129,9 +129,10 @@ INSERT INTO jobs (study_instance_uid, kind, state, attempts, run_after, lease_ow
     lease_expires_at, last_error, created_at, updated_at, finished_at)
 SELECT uid, 'analyse', job,
        CASE job WHEN 'failed' THEN 5 ELSE 1 END,
-       CASE WHEN job = 'queued' THEN now() + interval '5 minutes' ELSE at + interval '10 seconds' END,
+       -- (an hour ahead: still not due when the measurements end, however long the fill took)
+       CASE WHEN job = 'queued' THEN now() + interval '1 hour' ELSE at + interval '10 seconds' END,
        CASE WHEN job = 'running' THEN 'other-host:4242:' || s % 2 END,
-       CASE WHEN job = 'running' THEN now() + interval '10 minutes' END,
+       CASE WHEN job = 'running' THEN now() + interval '1 hour' END,
        CASE job WHEN 'failed' THEN 'taken 5 times without finishing'
                 WHEN 'queued' THEN 'decode helper timed out' END,
        at + interval '10 seconds', at + interval '30 seconds',
@@ -219,7 +220,7 @@ INSERT INTO outbox (kind, study_instance_uid, sop_class_uid, sop_instance_uid, d
     created_at, updated_at)
 SELECT o.kind, o.study, o.class, o.sop, 'PACS', 'PACS', '10.1.0.5', 104, o.path, st.outbox,
        CASE st.outbox WHEN 'failed' THEN 5 ELSE 1 END,
-       CASE WHEN st.outbox = 'queued' THEN now() + interval '2 minutes' ELSE o.at END,
+       CASE WHEN st.outbox = 'queued' THEN now() + interval '1 hour' ELSE o.at END,
        o.at + interval '1 second',
        CASE WHEN st.outbox = 'sent' THEN 0 END,
        CASE st.outbox WHEN 'failed' THEN 'association rejected: called AE title not recognized'
