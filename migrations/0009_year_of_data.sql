@@ -203,12 +203,6 @@ CREATE INDEX jobs_progress_idx ON jobs (updated_at) WHERE state <> 'queued';
 CREATE INDEX studies_newest_idx
     ON studies (study_date DESC NULLS LAST, first_received_at DESC, study_instance_uid);
 
--- The findings search by label and minimum probability among present findings (`--label X
--- --present --min-probability P`): a range of this index instead of every present finding of
--- the label. It replaces findings_label_idx (same rows, one more column).
-CREATE INDEX findings_present_idx ON findings (label, probability) WHERE present;
-DROP INDEX findings_label_idx;
-
 -- Retention looks only at files still in the spool (or the archive), oldest first: after a year
 -- almost every row is purged, and the old indexes made it walk past all of them each pass. The
 -- outputs' index is by id, the order their query takes them in (by created_at, the planner

@@ -111,15 +111,17 @@ ORDER BY sel.study_date DESC NULLS LAST, sel.first_received_at DESC, sel.study_i
          sf.label_index NULLS FIRST
 "#;
 
-/// With a findings filter: the study has a matching finding. A condition of its own (not `NOT $8
-/// OR EXISTS ...`), so that the planner can make it a semi-join and pick its side: the few
-/// studies of a rare finding from the findings' index, or the newest studies one by one for a
-/// common one (a year of data: BENCHMARKS.md).
+/// With a findings filter: the study has a matching finding, tested study by study in the
+/// search's newest-first order until `limit` match. `OFFSET 0` keeps it so: without it the
+/// planner may instead collect every matching finding of the year first (a hash of the label's
+/// studies, or a scan of all 13 M findings for a probability filter: seconds). The cost is that
+/// of the studies read: a rare finding over a long period reads many (narrow it with --from).
 const FINDINGS_CLAUSE: &str = "AND EXISTS (
             SELECT 1 FROM findings f WHERE f.study_instance_uid = s.study_instance_uid
               AND ($5::text IS NULL OR f.label = $5)
               AND ($6::real IS NULL OR f.probability >= $6)
-              AND (NOT $7 OR f.present))";
+              AND (NOT $7 OR f.present)
+            OFFSET 0)";
 
 fn findings_clause(s: &Search<'_>) -> &'static str {
     if s.wants_findings {
@@ -149,12 +151,10 @@ fn state_clause(s: &Search<'_>) -> &'static str {
             "AND s.study_instance_uid = ANY (ARRAY(SELECT o.study_instance_uid FROM outbox o
                  WHERE o.state = 'failed'))"
         }
-        // an instance state: a semi-join the planner drives from instances_state_idx for the
-        // rare states, or tests the newest studies for `analysed`
-        Some(_) => {
-            "AND EXISTS (SELECT 1 FROM instances i
-                 WHERE i.study_instance_uid = s.study_instance_uid AND i.state = $9)"
-        }
+        // an instance state: the CASE's test, study by study, newest first (at least 0.5 % of
+        // the studies are in any of them after a year: a semi-join the planner may prefer
+        // would sort thousands of studies for `skipped`)
+        Some(_) => "",
     }
 }
 
