@@ -44,6 +44,7 @@ bench: setup db build models
 	scripts/bench-infer.sh
 	scripts/bench-turnaround.sh
 	scripts/bench-soak.sh
+	scripts/bench-year.sh
 
 # Fuzzing (cargo-fuzz, nightly): every parser of untrusted bytes; long, so not part of `make test`
 # (docs/fuzzing.md). FUZZ_SECS=60 for a short run of each target.

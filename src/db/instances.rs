@@ -148,6 +148,11 @@ pub async fn count_for_study(pool: &sqlx::PgPool, study: &str) -> Result<i64, sq
 /// no job of the study is open, that report reached every destination, and its last delivery is
 /// older than `keep`. `SKIP LOCKED`: several daemons on one database share the work, and a row
 /// being analysed (locked by a worker's update) waits for the next pass.
+///
+/// `received_at <= now() - keep` follows from the rest (an instance is received before it is
+/// analysed, before its report, before that report's delivery) and lets the scan start from
+/// `instances_spooled_idx` (migration 0009): only files still in the spool and old enough, not
+/// the year of purged rows before them or the last `keep` of undelivered ones.
 pub async fn purge_candidates(
     tx: &mut Transaction<'_, Postgres>,
     keep: std::time::Duration,
@@ -160,6 +165,7 @@ pub async fn purge_candidates(
                        WHERE r.study_instance_uid = i.study_instance_uid
                        ORDER BY r.id DESC LIMIT 1) r ON true
          WHERE i.purged_at IS NULL
+           AND i.received_at <= now() - make_interval(secs => $1)
            AND i.state IN ('analysed', 'skipped')
            AND i.state_changed_at <= r.created_at
            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_instance_uid = i.study_instance_uid

@@ -276,12 +276,14 @@ pub async fn seconds_since_progress(pool: &PgPool) -> Result<Option<f64>, sqlx::
 }
 
 /// Jobs by state, every state of `jobs.state` present (zeros included), in the order
-/// queued, running, done, failed.
+/// queued, running, done, failed. Read from the counters the triggers of migration 0009 keep
+/// (`tallies`), not by counting the table.
 pub async fn count_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, sum(n)::int8 FROM tallies WHERE counter = 'jobs' GROUP BY state",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(super::every_state(
         rows,
         &["queued", "running", "done", "failed"],

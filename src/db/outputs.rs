@@ -87,6 +87,11 @@ pub async fn insert(tx: &mut PgConnection, o: &NewImageOutput<'_>) -> Result<(),
 /// Up to `limit` archived image outputs that retention may remove: every outbox row of the
 /// object is `sent`, the last one at least `keep` ago; locked for the caller's transaction.
 /// Returns (SOP Instance UID, archive path).
+///
+/// The scan reads only the outputs still in the archive (`image_outputs_archived_idx`, migration
+/// 0009), not every output of the year; `created_at <= now() - keep` follows from the rest (an
+/// output's outbox rows are queued in the transaction that records it, and sent after) and
+/// skips the recent ones without looking at their outbox rows.
 pub async fn purge_candidates(
     tx: &mut PgConnection,
     keep: std::time::Duration,
@@ -96,6 +101,7 @@ pub async fn purge_candidates(
         "SELECT io.sop_instance_uid, io.archive_path
          FROM image_outputs io
          WHERE io.purged_at IS NULL
+           AND io.created_at <= now() - make_interval(secs => $1)
            AND EXISTS (SELECT 1 FROM outbox o WHERE o.sop_instance_uid = io.sop_instance_uid)
            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sop_instance_uid = io.sop_instance_uid
                            AND o.state <> 'sent')

@@ -48,19 +48,23 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
     )
     .fetch_one(pool)
     .await?;
-    let outbox: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM outbox GROUP BY state")
-            .fetch_all(pool)
-            .await?;
+    // counts from the triggers' tallies (migration 0009), not by counting the tables
+    let outbox: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, sum(n)::int8 FROM tallies WHERE counter = 'outbox' GROUP BY state",
+    )
+    .fetch_all(pool)
+    .await?;
+    // OR, not IN: each arm matches the predicate of a partial index (outbox_due_idx,
+    // outbox_lease_idx), so only the undelivered rows are read
     let outbox_oldest_age_secs: f64 = sqlx::query_scalar(
         "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-         FROM outbox WHERE state IN ('queued', 'sending')",
+         FROM outbox WHERE state = 'queued' OR state = 'sending'",
     )
     .fetch_one(pool)
     .await?;
     let (spool_instances, spool_bytes): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), COALESCE(sum(size_bytes), 0)::int8
-         FROM instances WHERE purged_at IS NULL",
+        "SELECT COALESCE(sum(n), 0)::int8, COALESCE(sum(bytes), 0)::int8
+         FROM tallies WHERE counter = 'spool'",
     )
     .fetch_one(pool)
     .await?;
@@ -82,6 +86,23 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
         audit_queued,
         audit_oldest_age_secs,
     })
+}
+
+/// Fold the counters' deltas (`tallies`: one row per change, written by the triggers of
+/// migration 0009) into one row per counter, state and destination, so that reading a count sums
+/// a handful of rows. Safe beside writers and other folds: rows inserted meanwhile are not seen
+/// by the DELETE and stay, and a row another fold deleted first is skipped. Returns the rows
+/// folded.
+pub async fn fold_tallies(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "WITH gone AS (DELETE FROM tallies RETURNING counter, state, destination, n, bytes)
+         INSERT INTO tallies (counter, state, destination, n, bytes)
+         SELECT counter, state, destination, sum(n), sum(bytes) FROM gone
+         GROUP BY counter, state, destination",
+    )
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Instances received in the last 24 hours by their state now, every state present.
@@ -111,10 +132,20 @@ pub struct Failure {
     pub at: DateTime<Utc>,
 }
 
-/// The latest `limit` failures and skips, newest first.
+/// The latest `limit` failures and skips, newest first: the rows of the `failures` view, read
+/// arm by arm (the newest `limit` of each through its partial index, migration 0009, then the
+/// newest `limit` of those) instead of sorting the year's failures and skips.
 pub async fn latest_failures(pool: &PgPool, limit: u32) -> Result<Vec<Failure>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT what, study_instance_uid, id, state, reason, at FROM failures
+        "SELECT what, study_instance_uid, id, state, reason, at FROM (
+             (SELECT 'instance' AS what, i.study_instance_uid, i.sop_instance_uid AS id, i.state,
+                     i.state_reason AS reason, i.state_changed_at AS at
+              FROM instances i WHERE i.state IN ('failed', 'skipped')
+              ORDER BY i.state_changed_at DESC LIMIT $1)
+             UNION ALL
+             (SELECT 'job', j.study_instance_uid, j.id::text, j.state, j.last_error, j.updated_at
+              FROM jobs j WHERE j.state = 'failed' OR (j.state = 'queued' AND j.attempts > 0)
+              ORDER BY j.updated_at DESC LIMIT $1)) f
          ORDER BY at DESC LIMIT $1",
     )
     .bind(i64::from(limit))
@@ -143,30 +174,36 @@ pub struct DestinationStatus {
 }
 
 /// The outbox per destination named in its rows; `configured` names those of the current
-/// configuration.
+/// configuration. The counts come from the tallies and the rest from one row each through the
+/// indexes of migration 0009, instead of grouping every outbox row of the year.
 pub async fn outbox_by_destination(
     pool: &PgPool,
     configured: &[String],
 ) -> Result<Vec<DestinationStatus>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT o.destination_name AS name,
-                (array_agg(o.destination_ae_title || '@' || o.destination_host || ':' ||
-                           o.destination_port ORDER BY o.id DESC))[1] AS address,
-                o.destination_name = ANY($1) AS configured,
-                count(*) FILTER (WHERE o.state = 'queued') AS queued,
-                count(*) FILTER (WHERE o.state = 'sending') AS sending,
-                count(*) FILTER (WHERE o.state = 'sent') AS sent,
-                count(*) FILTER (WHERE o.state = 'failed') AS failed,
+        "SELECT d.name, a.address, d.name = ANY($1) AS configured,
+                d.queued, d.sending, d.sent, d.failed,
                 e.last_error, e.last_error_at,
-                min(o.next_attempt_at) FILTER (WHERE o.state = 'queued') AS next_attempt_at,
-                max(o.sent_at) AS last_sent_at
-         FROM outbox o
+                (SELECT min(o.next_attempt_at) FROM outbox o
+                 WHERE o.state = 'queued' AND o.destination_name = d.name) AS next_attempt_at,
+                (SELECT max(o.sent_at) FROM outbox o WHERE o.destination_name = d.name)
+                    AS last_sent_at
+         FROM (SELECT destination AS name,
+                      COALESCE(sum(n) FILTER (WHERE state = 'queued'), 0)::int8 AS queued,
+                      COALESCE(sum(n) FILTER (WHERE state = 'sending'), 0)::int8 AS sending,
+                      COALESCE(sum(n) FILTER (WHERE state = 'sent'), 0)::int8 AS sent,
+                      COALESCE(sum(n) FILTER (WHERE state = 'failed'), 0)::int8 AS failed
+               FROM tallies WHERE counter = 'outbox'
+               GROUP BY destination HAVING sum(n) > 0) d
+         CROSS JOIN LATERAL (
+             SELECT o.destination_ae_title || '@' || o.destination_host || ':' ||
+                    o.destination_port AS address
+             FROM outbox o WHERE o.destination_name = d.name ORDER BY o.id DESC LIMIT 1) a
          LEFT JOIN LATERAL (
              SELECT a.error AS last_error, a.finished_at AS last_error_at
              FROM outbox_attempts a JOIN outbox o2 ON o2.id = a.outbox_id
-             WHERE o2.destination_name = o.destination_name AND a.error IS NOT NULL
-             ORDER BY a.finished_at DESC LIMIT 1) e ON true
-         GROUP BY o.destination_name, e.last_error, e.last_error_at",
+             WHERE o2.destination_name = d.name AND a.error IS NOT NULL
+             ORDER BY a.finished_at DESC LIMIT 1) e ON true",
     )
     .bind(configured)
     .fetch_all(pool)

@@ -61,7 +61,7 @@ pub struct Purged {
 }
 
 /// Run passes until `shutdown`: one at start, then every `interval`, and at once when the
-/// settings change (SIGHUP).
+/// settings change (SIGHUP). Each pass also folds the counters' deltas, retention or not.
 pub async fn run(
     pool: PgPool,
     storage: Arc<dyn Storage>,
@@ -72,6 +72,11 @@ pub async fn run(
     let mut settings_open = true;
     loop {
         let settings = *live.borrow_and_update();
+        // housekeeping that rides on this task's interval, retention or not: the counters'
+        // deltas (db::stats::fold_tallies)
+        if let Err(e) = db::stats::fold_tallies(&pool).await {
+            tracing::warn!(error = %e, "cannot fold the counters; will retry");
+        }
         if let Some(keep) = settings.keep {
             match purge(&pool, &storage, keep).await {
                 Ok(p) => {
