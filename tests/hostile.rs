@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::dul::{self, CR, DEFLATED, EXPLICIT_LE, IMPLICIT_LE, VERIFICATION};
 use common::*;
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::tags;
 use sqlx::PgPool;
 
 /// The daemon's peak resident set size may not exceed this: about 45 MiB at rest (tiny models,
@@ -105,20 +103,9 @@ async fn wait_true(pool: &PgPool, sql: &str, arg: &str, within: Duration) {
     }
 }
 
-/// A copy of the real chest CR (RG1_UNCR) with new UIDs (in `study` when given); its data set.
+/// A copy of the real chest CR (RG1_UNCR) with new UIDs (in `study`); its data set.
 fn fresh_chest_dataset(dir: &std::path::Path, study: &str) -> (String, Vec<u8>) {
-    let mut obj = dicom_object::open_file(fixture("RG1_UNCR.dcm")).unwrap();
-    let sop = dul::new_uid();
-    for (tag, value) in [
-        (tags::SOP_INSTANCE_UID, sop.clone()),
-        (tags::STUDY_INSTANCE_UID, study.to_string()),
-        (tags::SERIES_INSTANCE_UID, dul::new_uid()),
-    ] {
-        obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(value)));
-    }
-    obj.meta_mut().media_storage_sop_instance_uid = sop.clone();
-    let path = dir.join(format!("{sop}.dcm"));
-    obj.write_to_file(&path).unwrap();
+    let (sop, path) = chest_copy(dir, study);
     let file = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_file(&path);
     let layout = cxr_worker::dicom::guard::check(&file, Default::default()).unwrap();

@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::netns::NetNs;
 use common::*;
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::tags;
 use sqlx::PgPool;
 
 /// A daemon on a host of its own.
@@ -141,23 +139,7 @@ outputs = ["sr"]
 /// `n` copies of the real chest CR (RG1_UNCR) with new instance and series UIDs in `study`.
 fn chest_copies(dir: &Path, study: &str, n: usize) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).unwrap();
-    (0..n)
-        .map(|_| {
-            let mut obj = dicom_object::open_file(fixture("RG1_UNCR.dcm")).unwrap();
-            let sop = dul::new_uid();
-            for (tag, value) in [
-                (tags::SOP_INSTANCE_UID, sop.clone()),
-                (tags::STUDY_INSTANCE_UID, study.to_string()),
-                (tags::SERIES_INSTANCE_UID, dul::new_uid()),
-            ] {
-                obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(value)));
-            }
-            obj.meta_mut().media_storage_sop_instance_uid = sop.clone();
-            let path = dir.join(format!("{sop}.dcm"));
-            obj.write_to_file(&path).unwrap();
-            path
-        })
-        .collect()
+    (0..n).map(|_| chest_copy(dir, study).1).collect()
 }
 
 /// Four studies, each with one image sent to host A and one to host B at the same time: every

@@ -1,5 +1,6 @@
 //! The repository's paths (fixtures, the venv's Python), running a program to completion, and
-//! reading what a test produced: staged spool files, the data set of a Part 10 file.
+//! reading what a test produced: staged spool files, the data set of a Part 10 file; copies of
+//! the real chest CR with new UIDs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -57,4 +58,24 @@ pub fn dataset_bytes(file: &[u8]) -> &[u8] {
     // (0002,0000) UL, 4: explicit VR LE header of 8 bytes, then the group length
     let group_len = u32::from_le_bytes(file[140..144].try_into().unwrap()) as usize;
     &file[144 + group_len..]
+}
+
+/// A copy of the real chest CR (RG1_UNCR) in `dir`, with a new SOP Instance UID and a new series
+/// in `study`; its SOP Instance UID and path (`dir/SOP.dcm`).
+pub fn chest_copy(dir: &Path, study: &str) -> (String, PathBuf) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let mut obj = dicom_object::open_file(fixture("RG1_UNCR.dcm")).unwrap();
+    let sop = super::dul::new_uid();
+    for (tag, value) in [
+        (tags::SOP_INSTANCE_UID, sop.clone()),
+        (tags::STUDY_INSTANCE_UID, study.to_string()),
+        (tags::SERIES_INSTANCE_UID, super::dul::new_uid()),
+    ] {
+        obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(value)));
+    }
+    obj.meta_mut().media_storage_sop_instance_uid = sop.clone();
+    let path = dir.join(format!("{sop}.dcm"));
+    obj.write_to_file(&path).unwrap();
+    (sop, path)
 }

@@ -25,7 +25,7 @@ pub use {
     daemon::Daemon,
     db::{TestDb, admin_url, wait_for},
     dcmtk::StoreScp,
-    fixtures::{dataset_bytes, fixture, python, root, run, staged_files, text},
+    fixtures::{chest_copy, dataset_bytes, fixture, python, root, run, staged_files, text},
     http::{http_get, parse_metrics},
     models::{ort_library, tiny_models_section, venv_ort_library},
     notify::messages_until,
