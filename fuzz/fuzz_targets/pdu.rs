@@ -1,5 +1,5 @@
 //! The PDU reader and association negotiation: a PDU as it arrives (its header checked against
-//! the cap of its type, its body decoded by dicom-ul's codec), and an A-ASSOCIATE-RQ answered.
+//! the cap of its type, its body decoded by dicom-ul's codec, or by ours for P-DATA-TF), and an A-ASSOCIATE-RQ answered.
 #![no_main]
 
 use cxr_worker::dicom::ae::AeTitle;
@@ -31,7 +31,9 @@ fuzz_target!(|data: &[u8]| {
             write_timeout: Duration::from_secs(1),
             max_dataset_bytes: 1 << 20,
             accepted_sop_classes: vec!["1.2.840.10008.5.1.4.1.1.1".into()],
+            tls: None,
+            certificate_names: Vec::new(),
         };
-        let _ = negotiate(&rq, &settings, std::net::Ipv4Addr::LOCALHOST.into());
+        let _ = negotiate(&rq, &settings, std::net::Ipv4Addr::LOCALHOST.into(), None);
     }
 });
